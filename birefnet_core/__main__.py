@@ -1,0 +1,33 @@
+"""Command line: ``python -m birefnet_core <command> ...``.
+
+Commands: ``bench`` (benchmarks that print figures). The segmentation, video and evaluation
+commands are built on the same core API as the ComfyUI nodes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import bench
+
+    parser = argparse.ArgumentParser(prog="python -m birefnet_core", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+    bench.add_arguments(commands.add_parser("bench", help="print speed and memory figures"))
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "bench":
+        from . import bench
+
+        bench.run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

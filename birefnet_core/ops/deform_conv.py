@@ -1,0 +1,359 @@
+"""Modulated deformable convolution (DCNv2): one function, three backends, one dispatcher.
+
+``deform_conv2d`` has the argument meaning of ``torchvision.ops.deform_conv2d``. Backends:
+
+* ``"triton"``: fused forward kernel, no im2col buffer (CUDA; CPU under ``TRITON_INTERPRET=1``).
+  Gradients, when asked for, come from recomputing the portable kernel.
+* ``"torchvision"``: ``torchvision.ops.deform_conv2d`` where torchvision has a kernel for the
+  device and dtype (none for bfloat16 on CPU, none on MPS before torchvision 0.23, none on CUDA
+  when a CPU-only torchvision sits beside a CUDA torch).
+* ``"portable"``: plain PyTorch, every device and float dtype, memory bounded by chunking.
+
+With ``backend=None`` the first backend of the device's order that supports the call is used;
+``BIREFNET_DEFORM_BACKEND`` (or the ``backend`` argument) puts one backend first. A backend that
+is missing, cannot handle the device or dtype, or fails its one-time self-check falls through
+to the next, ending at ``"portable"``, which always works. Automatic choice also skips a backend
+whose temporary memory would exceed the budget (``memory_budget`` argument, else
+``BIREFNET_DEFORM_MEMORY_MB``, else 256 MiB); a backend named explicitly is used regardless.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from .portable import DEFAULT_MEMORY_BUDGET, deform_conv2d_portable
+from .spec import DeformSpec, IntPair, check_arguments
+
+logger = logging.getLogger(__name__)
+
+BACKEND_NAMES = ("triton", "torchvision", "portable")
+BACKEND_ENV = "BIREFNET_DEFORM_BACKEND"
+MEMORY_ENV = "BIREFNET_DEFORM_MEMORY_MB"
+
+# Fastest first, per device type. On this project's CPU measurements the portable kernel beats
+# torchvision's im2col in every decoder shape (see `python -m birefnet_core bench deform`).
+DEFAULT_ORDER: Dict[str, Tuple[str, ...]] = {
+    "cuda": ("triton", "torchvision", "portable"),
+    "cpu": ("portable", "torchvision"),
+}
+OTHER_DEVICES_ORDER = ("torchvision", "portable")
+
+
+def _item_size(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def _needs_grad(*tensors: Optional[torch.Tensor]) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+class _PortableBackward(torch.autograd.Function):
+    """Forward through a forward-only kernel; backward by recomputing the portable kernel."""
+
+    @staticmethod
+    def forward(ctx, forward_fn, spec, budget, input, offset, weight, bias, mask):
+        ctx.spec, ctx.budget = spec, budget
+        ctx.save_for_backward(input, offset, weight, bias, mask)
+        return forward_fn(input, offset, weight, bias, mask, spec, budget)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        saved = ctx.saved_tensors
+        with torch.enable_grad():
+            leaves = [t.detach().requires_grad_(t.requires_grad) if t is not None else None for t in saved]
+            input, offset, weight, bias, mask = leaves
+            out = deform_conv2d_portable(input, offset, weight, bias, mask, ctx.spec, ctx.budget)
+            wanted = [t for t in leaves if t is not None and t.requires_grad]
+            grads = iter(torch.autograd.grad(out, wanted, grad_out) if wanted else ())
+        return (None, None, None) + tuple(
+            next(grads) if t is not None and t.requires_grad else None for t in leaves
+        )
+
+
+@dataclass
+class Backend:
+    """One way of computing the convolution.
+
+    ``supports`` is the static capability (device type, dtype, groups); ``workspace`` estimates
+    the temporary bytes of one call; ``load`` imports the implementation (``None`` when it is
+    missing); ``probe`` runs once per (device, dtype) on a tiny problem and must agree with the
+    portable kernel, or the backend is skipped for that device and dtype.
+    """
+
+    name: str
+    supports: Callable[[torch.device, torch.dtype, DeformSpec], bool]
+    workspace: Callable[[DeformSpec, torch.dtype], int]
+    load: Callable[[], Optional[Callable]]
+    differentiable: bool
+    self_checked: bool = True  # False only for the reference itself
+
+    def __post_init__(self) -> None:
+        self._impl: Optional[Callable] = None
+        self._loaded = False
+        self._verified: Dict[Tuple[str, torch.dtype], bool] = {}
+
+    def implementation(self) -> Optional[Callable]:
+        if not self._loaded:
+            try:
+                self._impl = self.load()
+            except Exception as exc:  # a broken install must not break the model
+                logger.warning("deform_conv2d backend %r cannot be loaded: %s", self.name, exc)
+                self._impl = None
+            self._loaded = True
+        return self._impl
+
+    def run(self, input, offset, weight, bias, mask, spec: DeformSpec, budget: int) -> torch.Tensor:
+        impl = self.implementation()
+        if self.differentiable or not _needs_grad(input, offset, weight, bias, mask):
+            return impl(input, offset, weight, bias, mask, spec, budget)
+        return _PortableBackward.apply(impl, spec, budget, input, offset, weight, bias, mask)
+
+    def usable(self, device: torch.device, dtype: torch.dtype) -> bool:
+        """Loaded, and passed its self-check on this device and dtype (checked once)."""
+        key = (str(device), dtype)
+        if key not in self._verified:
+            loaded = self.implementation() is not None
+            self._verified[key] = loaded and (not self.self_checked or self._self_check(device, dtype))
+        return self._verified[key]
+
+    def _self_check(self, device: torch.device, dtype: torch.dtype) -> bool:
+        gen = torch.Generator().manual_seed(0)
+        shapes = dict(input=(2, 4, 5, 6), offset=(2, 18, 5, 6), weight=(3, 4, 3, 3), mask=(2, 9, 5, 6))
+        args = {k: torch.rand(s, generator=gen) for k, s in shapes.items()}
+        args["offset"] = (args["offset"] - 0.5) * 4
+        args["bias"] = torch.rand(3, generator=gen)
+        args = {k: v.to(device=device, dtype=dtype) for k, v in args.items()}
+        spec = check_arguments(args["input"], args["offset"], args["weight"], args["bias"], 1, 1, 1, args["mask"])
+        try:
+            with torch.no_grad():
+                got = self.implementation()(args["input"], args["offset"], args["weight"], args["bias"], args["mask"], spec,
+                                            DEFAULT_MEMORY_BUDGET)
+                want = deform_conv2d_portable(args["input"], args["offset"], args["weight"], args["bias"], args["mask"], spec)
+            ok = bool(torch.allclose(got.float(), want.float(), atol=0.05, rtol=0.05))
+            if not ok:
+                logger.warning("deform_conv2d backend %r disagrees with the portable kernel on %s %s; not using it",
+                               self.name, device, dtype)
+            return ok
+        except Exception as exc:  # e.g. no kernel for this device or dtype
+            logger.info("deform_conv2d backend %r unavailable on %s %s: %s", self.name, device, dtype, exc)
+            return False
+
+
+def _load_portable():
+    return deform_conv2d_portable
+
+
+def _load_torchvision():
+    if importlib.util.find_spec("torchvision") is None:
+        return None
+    import torchvision.ops
+
+    def run(input, offset, weight, bias, mask, spec, memory_budget):
+        return torchvision.ops.deform_conv2d(
+            input.contiguous(), offset.contiguous(), weight.contiguous(),
+            None if bias is None else bias.contiguous(),
+            stride=spec.stride, padding=spec.padding, dilation=spec.dilation,
+            mask=None if mask is None else mask.contiguous(),
+        )
+
+    return run
+
+
+def _load_triton():
+    if importlib.util.find_spec("triton") is None:
+        return None
+    from .triton_kernel import deform_conv2d_triton
+
+    return deform_conv2d_triton
+
+
+def _triton_supports(device: torch.device, dtype: torch.dtype, spec: DeformSpec) -> bool:
+    interpreted = os.environ.get("TRITON_INTERPRET", "0") == "1"
+    on_device = device.type == "cuda" or (interpreted and device.type == "cpu")
+    return (
+        on_device
+        and dtype in (torch.float32, torch.float16, torch.bfloat16)
+        and spec.groups == 1
+        and spec.offset_groups == 1
+    )
+
+
+def _torchvision_workspace(spec: DeformSpec, dtype: torch.dtype) -> int:
+    # torchvision's im2col: C_in * taps rows x (up to 32 images) * H_out * W_out columns
+    images = max(d for d in range(1, min(spec.batch, 32) + 1) if spec.batch % d == 0) if spec.batch else 1
+    return spec.in_channels * spec.taps * images * spec.out_h * spec.out_w * _item_size(dtype)
+
+
+def _triton_workspace(spec: DeformSpec, dtype: torch.dtype) -> int:
+    # the channels-last copy of the input
+    return spec.batch * spec.in_channels * spec.height * spec.width * _item_size(dtype)
+
+
+BACKENDS: Dict[str, Backend] = {
+    "triton": Backend("triton", _triton_supports, _triton_workspace, _load_triton, differentiable=False),
+    "torchvision": Backend(
+        "torchvision",
+        lambda device, dtype, spec: True,  # the self-check finds the missing kernels
+        _torchvision_workspace,
+        _load_torchvision,
+        differentiable=True,
+    ),
+    "portable": Backend("portable", lambda device, dtype, spec: True, lambda spec, dtype: 0, _load_portable,
+                        differentiable=True, self_checked=False),
+}
+
+
+def _check_name(name: str, source: str) -> str:
+    name = name.strip().lower()
+    if name not in BACKENDS:
+        raise ValueError(f"unknown deform_conv2d backend {name!r} ({source}); choose one of {', '.join(BACKEND_NAMES)}")
+    return name
+
+
+def memory_budget_from_env() -> int:
+    value = os.environ.get(MEMORY_ENV)
+    if not value:
+        return DEFAULT_MEMORY_BUDGET
+    try:
+        megabytes = float(value)
+    except ValueError:
+        raise ValueError(f"{MEMORY_ENV} must be a number of MiB, got {value!r}") from None
+    if megabytes <= 0:
+        raise ValueError(f"{MEMORY_ENV} must be positive, got {value!r}")
+    return int(megabytes * 2**20)
+
+
+def candidate_order(device: torch.device, preferred: Optional[str] = None) -> Sequence[str]:
+    """Backends to try for ``device``, the preferred one (argument or environment) first."""
+    order = list(DEFAULT_ORDER.get(device.type, OTHER_DEVICES_ORDER))
+    if preferred is not None:
+        order = [preferred] + [n for n in order if n != preferred]
+    if "portable" not in order:
+        order.append("portable")
+    return order
+
+
+def select_backend(
+    input: torch.Tensor, spec: DeformSpec, backend: Optional[str] = None, memory_budget: Optional[int] = None
+) -> Backend:
+    """The backend ``deform_conv2d`` would use for this call."""
+    if backend is not None:
+        preferred = _check_name(backend, "backend argument")
+    elif os.environ.get(BACKEND_ENV):
+        preferred = _check_name(os.environ[BACKEND_ENV], f"environment variable {BACKEND_ENV}")
+    else:
+        preferred = None
+    budget = memory_budget_from_env() if memory_budget is None else memory_budget
+    for name in candidate_order(input.device, preferred):
+        candidate = BACKENDS[name]
+        if not candidate.supports(input.device, input.dtype, spec):
+            continue
+        if name != preferred and candidate.workspace(spec, input.dtype) > budget:
+            continue
+        if candidate.usable(input.device, input.dtype):
+            return candidate
+    return BACKENDS["portable"]
+
+
+def deform_conv2d(
+    input: torch.Tensor,
+    offset: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    stride: IntPair = 1,
+    padding: IntPair = 0,
+    dilation: IntPair = 1,
+    mask: Optional[torch.Tensor] = None,
+    *,
+    backend: Optional[str] = None,
+    memory_budget: Optional[int] = None,
+) -> torch.Tensor:
+    """Modulated deformable convolution with torchvision's semantics.
+
+    Args:
+        input: [B, C_in, H, W].
+        offset: [B, 2 * offset_groups * kH * kW, H_out, W_out], (dy, dx) in pixels per kernel
+            tap, taps in row-major order.
+        weight: [C_out, C_in / groups, kH, kW].
+        bias: [C_out] or None.
+        stride, padding, dilation: int or (h, w).
+        mask: [B, offset_groups * kH * kW, H_out, W_out] modulation per tap, or None (all ones).
+        backend: ``"triton"``, ``"torchvision"``, ``"portable"`` or None (automatic).
+        memory_budget: bytes of temporaries allowed (portable chunking, automatic choice).
+
+    Returns:
+        [B, C_out, H_out, W_out] in the input's dtype. Sampling is bilinear; points outside
+        the image contribute zero. Raises ``ValueError`` for inconsistent arguments.
+    """
+    spec = check_arguments(input, offset, weight, bias, stride, padding, dilation, mask)
+    budget = memory_budget_from_env() if memory_budget is None else int(memory_budget)
+    if budget <= 0:
+        raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
+    if input.numel() == 0 or weight.numel() == 0:
+        out = input.new_zeros(spec.batch, spec.out_channels, spec.out_h, spec.out_w)
+        return out + bias.view(-1, 1, 1) if bias is not None else out
+    chosen = select_backend(input, spec, backend, budget)
+    return chosen.run(input, offset, weight, bias, mask, spec, budget)
+
+
+def available_backends(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Tuple[str, ...]:
+    """Backends that load and pass their self-check on ``device`` and ``dtype``."""
+    device = torch.device(device)
+    probe_spec = DeformSpec(1, 4, 3, 5, 6, 3, 3, (1, 1), (1, 1), (1, 1), 1, 1, 5, 6)
+    return tuple(
+        name for name in BACKEND_NAMES
+        if BACKENDS[name].supports(device, dtype, probe_spec) and BACKENDS[name].usable(device, dtype)
+    )
+
+
+class DeformableConv2d(nn.Module):
+    """Modulated deformable convolution that predicts its own offsets and mask.
+
+    Parameter layout of BiRefNet's ``DeformableConv2d`` (keys ``offset_conv``,
+    ``modulator_conv``, ``regular_conv``), so released checkpoints load unchanged: offsets
+    come from a k x k conv (2 * k * k channels), the mask is ``2 * sigmoid`` of another
+    (k * k channels, 1.0 at initialisation), and ``regular_conv`` holds the kernel. Offset and
+    modulator convs start at zero, so an untrained layer is an ordinary convolution.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        padding: int = 1,
+        bias: bool = False,
+        backend: Optional[str] = None,
+    ) -> None:
+        super().__init__()
+        taps = kernel_size * kernel_size
+        self.stride = stride
+        self.padding = padding
+        self.backend = backend
+        self.offset_conv = nn.Conv2d(in_channels, 2 * taps, kernel_size, stride, padding, bias=True)
+        self.modulator_conv = nn.Conv2d(in_channels, taps, kernel_size, stride, padding, bias=True)
+        self.regular_conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=bias)
+        for conv in (self.offset_conv, self.modulator_conv):
+            nn.init.zeros_(conv.weight)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        offset = self.offset_conv(x)
+        mask = 2.0 * torch.sigmoid(self.modulator_conv(x))
+        # Under autocast the convs above may return a lower precision than x: compute the
+        # deformable convolution in one dtype, the one autocast chose when it is active.
+        dtype = offset.dtype
+        weight = self.regular_conv.weight
+        bias = self.regular_conv.bias
+        return deform_conv2d(
+            x.to(dtype), offset, weight.to(dtype), None if bias is None else bias.to(dtype),
+            stride=self.stride, padding=self.padding, mask=mask.to(dtype), backend=self.backend,
+        )
