@@ -14,14 +14,18 @@ from typing import Optional, Sequence
 def build_parser() -> argparse.ArgumentParser:
     from . import bench
 
-    parser = argparse.ArgumentParser(prog="python -m birefnet_core", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+    parser = argparse.ArgumentParser(prog="python -m birefnet_core", description="BiRefNet: segmentation, matting, video, evaluation and benchmarks.")
+    commands = parser.add_subparsers(dest="command", metavar="command")
     bench.add_arguments(commands.add_parser("bench", help="print speed and memory figures"))
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
     if args.command == "bench":
         from . import bench
 
