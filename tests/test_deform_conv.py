@@ -156,7 +156,8 @@ def test_half_precision_matches_float32_on_rounded_inputs(dtype, k):
     assert got.dtype == dtype
     scale = want.abs().max().item()
     eps = torch.finfo(dtype).eps
-    assert (got.float() - want).abs().max().item() <= 8 * eps * scale
+    # measured: <= 0.8 eps with float32 coordinates, >= 8 eps with coordinates in the input dtype
+    assert (got.float() - want).abs().max().item() <= 2 * eps * scale
 
 
 def test_chunking_gives_the_same_result_and_gradients():
