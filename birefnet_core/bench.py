@@ -154,21 +154,58 @@ def args_dtype(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
-BENCHMARKS = {"deform": bench_deform}
+def bench_model(args: argparse.Namespace) -> None:
+    """The whole network (randomly initialised: speed does not depend on the values) on a
+    batch at one resolution, in one dtype, under ``torch.inference_mode``."""
+    from .inference import Resolution, parse_dtype
+    from .models import build_model
+
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    _return_large_blocks_to_system()
+    dtype = parse_dtype(args.dtype, device)
+    height, width = Resolution.parse(args.size).size_for(1, 1)
+    model = build_model(args.backbone).to(device=device, dtype=dtype)
+    x = torch.randn(args.batch, 3, height, width, generator=torch.Generator().manual_seed(0))
+    x = x.to(device=device, dtype=dtype)
+    print(f"BiRefNet {args.backbone} on {device}: {machine_description(device)}")
+
+    def run() -> torch.Tensor:
+        with torch.inference_mode():
+            return model(x)
+
+    seconds, peak = measure(run, device, args.repeats)
+    peak_text = f"{peak / MiB:.0f} MiB" if peak is not None else "not measured"
+    print(f"{args.backbone} {width}x{height} batch {args.batch} {args_dtype(dtype)}: median {seconds * 1e3:.1f} ms "
+          f"({seconds * 1e3 / args.batch:.1f} ms per image) over {args.repeats} runs; peak {peak_text} above the "
+          "weights and input")
+
+
+BENCHMARKS = {"deform": bench_deform, "model": bench_model}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("name", choices=sorted(BENCHMARKS), help="what to benchmark")
     default_device = "cuda" if torch.cuda.is_available() else "cpu"
-    parser.add_argument("--device", default=default_device, help=f"torch device (default {default_device})")
-    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], help="dtypes to time")
-    parser.add_argument("--backends", nargs="+", choices=BACKEND_NAMES, help="backends (default: all)")
-    parser.add_argument("--sizes", nargs="+", type=int, default=[256, 128, 64, 32], help="feature-map sides")
-    parser.add_argument("--kernels", nargs="+", type=int, default=[1, 3, 7], help="kernel sizes")
-    parser.add_argument("--batch", type=int, default=1, help="batch size")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per case (the median is printed)")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    benchmarks = parser.add_subparsers(dest="benchmark", required=True, metavar="benchmark")
+
+    deform = benchmarks.add_parser("deform", help="deformable convolution backends on the decoder's shapes")
+    deform.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], help="dtypes to time")
+    deform.add_argument("--backends", nargs="+", choices=BACKEND_NAMES, help="backends (default: all)")
+    deform.add_argument("--sizes", nargs="+", type=int, default=[256, 128, 64, 32], help="feature-map sides")
+    deform.add_argument("--kernels", nargs="+", type=int, default=[1, 3, 7], help="kernel sizes")
+
+    model = benchmarks.add_parser("model", help="the whole network at one resolution")
+    model.add_argument("--backbone", default="swin_v1_l", help="backbone (default swin_v1_l)")
+    model.add_argument("--size", default="1024", help="N (square) or WxH, multiples of 32 (default 1024)")
+    model.add_argument("--dtype", default="auto", help="auto, float32, float16 or bfloat16")
+
+    for sub, repeats in ((deform, 5), (model, 3)):
+        sub.add_argument("--device", default=default_device, help=f"torch device (default {default_device})")
+        sub.add_argument("--batch", type=int, default=1, help="batch size")
+        sub.add_argument("--repeats", type=int, default=repeats, help="timed runs (the median is printed)")
+        sub.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
 
 
 def run(args: argparse.Namespace) -> None:
-    BENCHMARKS[args.name](args)
+    BENCHMARKS[args.benchmark](args)

@@ -1,0 +1,204 @@
+"""Inference: images of any size in, probability masks at the same size out.
+
+``Predictor`` owns the pre- and post-processing around ``BiRefNet.forward``: input checks and
+conversion, resizing to the model's resolution on the model's device, ImageNet normalisation,
+chunking of large batches, the dtype policy, and the resize of the probabilities back to each
+input's size. Nothing round-trips through PIL or NumPy.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import Callable, Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_RESOLUTION = (1024, 1024)  # (W, H) when neither the caller nor the model's variant says
+
+
+def auto_dtype(device: torch.device) -> torch.dtype:
+    """The default inference dtype: bfloat16 on CUDA where supported, else float16; float32 on
+    CPU, MPS and other devices (half precision there is slower or unsupported on many machines)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def parse_dtype(value: Union[None, str, torch.dtype], device: torch.device) -> torch.dtype:
+    if value is None or value == "auto":
+        return auto_dtype(device)
+    if isinstance(value, torch.dtype):
+        dtype = value
+    else:
+        dtype = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+                 "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}.get(str(value).lower())
+        if dtype is None:
+            raise ValueError(f"dtype must be auto, float32, float16 or bfloat16, got {value!r}")
+    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
+    return dtype
+
+
+def _multiple_of_32(value: int, what: str) -> int:
+    rounded = max(32, int(round(value / 32)) * 32)
+    if rounded != value:
+        logger.warning("%s %d is not a multiple of 32; using %d", what, value, rounded)
+    return rounded
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """The size the network sees: a fixed W x H, or the input's aspect ratio with the long side
+    ``long_side`` (both sides multiples of 32), for models trained at varying sizes."""
+
+    width: int = 0
+    height: int = 0
+    long_side: int = 0
+
+    @classmethod
+    def fixed(cls, width: int, height: int) -> "Resolution":
+        if width <= 0 or height <= 0:
+            raise ValueError(f"resolution must be positive, got {width}x{height}")
+        return cls(width=_multiple_of_32(width, "width"), height=_multiple_of_32(height, "height"))
+
+    @classmethod
+    def keep_aspect(cls, long_side: int) -> "Resolution":
+        if long_side <= 0:
+            raise ValueError(f"long side must be positive, got {long_side}")
+        return cls(long_side=_multiple_of_32(long_side, "long side"))
+
+    @classmethod
+    def parse(cls, value: Union[None, str, int, Tuple[int, int], "Resolution"],
+              native: Tuple[int, int] = DEFAULT_RESOLUTION) -> "Resolution":
+        """``None``/"native" (the model's own), "WxH", an int N or "N" (N x N), (W, H), or
+        "keep:N" (keep the aspect ratio, long side N)."""
+        if isinstance(value, Resolution):
+            return value
+        if value is None or (isinstance(value, str) and value.strip().lower() == "native"):
+            return cls.fixed(*native)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return cls.fixed(value, value)
+        if isinstance(value, (tuple, list)) and len(value) == 2:
+            return cls.fixed(int(value[0]), int(value[1]))
+        if isinstance(value, str):
+            text = value.strip().lower()
+            match = re.fullmatch(r"(\d+)\s*[x×]\s*(\d+)", text)
+            if match:
+                return cls.fixed(int(match.group(1)), int(match.group(2)))
+            match = re.fullmatch(r"(?:keep|keep-aspect|long)\s*[:=]?\s*(\d+)", text)
+            if match:
+                return cls.keep_aspect(int(match.group(1)))
+            if text.isdigit():
+                return cls.fixed(int(text), int(text))
+        raise ValueError(f"resolution must be 'native', 'WxH', 'N' or 'keep:N', got {value!r}")
+
+    def size_for(self, height: int, width: int) -> Tuple[int, int]:
+        """(H, W) the network runs at for an input of ``height`` x ``width``."""
+        if not self.long_side:
+            return self.height, self.width
+        scale = self.long_side / max(height, width)
+        return (max(32, int(round(height * scale / 32)) * 32), max(32, int(round(width * scale / 32)) * 32))
+
+    def __str__(self) -> str:
+        return f"keep:{self.long_side}" if self.long_side else f"{self.width}x{self.height}"
+
+
+def as_images(images: torch.Tensor) -> torch.Tensor:
+    """Any accepted image batch -> float [B, 3, H, W] (a view or a copy, same device).
+
+    Accepts [B, C, H, W] or [B, H, W, C] (channels-last, as ComfyUI's IMAGE) or a single image
+    without batch dimension, with C = 1 (grey, repeated), 3 (RGB) or 4 (RGBA, alpha dropped);
+    float values in 0..1, or uint8 0..255.
+    """
+    if not isinstance(images, torch.Tensor):
+        raise ValueError(f"images must be a torch.Tensor, got {type(images).__name__}")
+    if images.dim() == 3:
+        images = images.unsqueeze(0)
+    if images.dim() != 4:
+        raise ValueError(f"images must be [B, C, H, W] or [B, H, W, C], got shape {list(images.shape)}")
+    if images.shape[1] not in (1, 3, 4) and images.shape[-1] in (1, 3, 4):
+        images = images.permute(0, 3, 1, 2)
+    if images.shape[1] not in (1, 3, 4):
+        raise ValueError(f"images must have 1, 3 or 4 channels, got shape {list(images.shape)}")
+    if images.dtype == torch.uint8:
+        images = images.float() / 255.0
+    elif not images.is_floating_point():
+        raise ValueError(f"images must be float in 0..1 or uint8, got {images.dtype}")
+    if images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1)
+    elif images.shape[1] == 4:
+        images = images[:, :3]
+    return images
+
+
+class Predictor:
+    """Runs a BiRefNet model on image batches of any size.
+
+    Args:
+        model: a ``BiRefNet`` (e.g. from ``load_model``); it is put in eval mode and cast to
+            ``dtype`` in place.
+        resolution: see :meth:`Resolution.parse`; default the model variant's native size.
+        batch_size: images per forward pass; larger batches are cut into chunks.
+        dtype: inference dtype (default :func:`auto_dtype` for the model's device).
+    """
+
+    def __init__(self, model: torch.nn.Module, *, resolution=None, batch_size: int = 1,
+                 dtype: Union[None, str, torch.dtype] = None) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        parameter = next(model.parameters())
+        self.device = parameter.device
+        self.dtype = parse_dtype(dtype, self.device)
+        variant = getattr(model, "variant", None)
+        native = tuple(variant.resolution) if variant is not None else DEFAULT_RESOLUTION
+        self.resolution = Resolution.parse(resolution, native)
+        self.batch_size = batch_size
+        self.model = model.eval().to(dtype=self.dtype)
+        self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] in 0..1 on the model's device -> normalised network input."""
+        size = self.resolution.size_for(images.shape[-2], images.shape[-1])
+        x = images.float()
+        if tuple(x.shape[-2:]) != size:
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        return ((x - self._mean) / self._std).to(self.dtype)
+
+    @torch.inference_mode()
+    def predict(self, images: torch.Tensor, *, progress: Optional[Callable[[int, int], None]] = None,
+                out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Probabilities [B, H, W] float32 in 0..1 at the input size, on the input's device.
+
+        ``progress(done, total)`` is called after every chunk (and may raise to cancel);
+        ``out`` is an optional preallocated [B, H, W] float32 tensor to write into.
+        """
+        images = as_images(images)
+        b, _, h, w = images.shape
+        if h == 0 or w == 0:
+            raise ValueError(f"images must not be empty, got {h}x{w}")
+        if out is None:
+            out = torch.empty(b, h, w, dtype=torch.float32, device=images.device)
+        elif tuple(out.shape) != (b, h, w) or out.dtype != torch.float32:
+            raise ValueError(f"out must be float32 [{b}, {h}, {w}], got {out.dtype} {list(out.shape)}")
+        for start in range(0, b, self.batch_size):
+            chunk = images[start:start + self.batch_size].to(self.device, non_blocking=True)
+            if not bool(torch.isfinite(chunk).all()):
+                raise ValueError(f"images {start}..{start + len(chunk) - 1} contain NaN or infinite values")
+            logits = self.model(self.preprocess(chunk.clamp(0.0, 1.0)))
+            probs = logits.float().sigmoid()
+            if tuple(probs.shape[-2:]) != (h, w):
+                probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False,
+                                      antialias=probs.shape[-2] > h or probs.shape[-1] > w)
+            out[start:start + len(chunk)] = probs[:, 0].clamp_(0.0, 1.0).to(out.device)
+            if progress is not None:
+                progress(min(start + self.batch_size, b), b)
+        return out

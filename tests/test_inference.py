@@ -1,0 +1,127 @@
+"""Predictor: any image in, a probability mask of the same size out."""
+
+import logging
+
+import pytest
+import torch
+
+from birefnet_core import Predictor, Resolution, build_model
+from birefnet_core.inference import IMAGENET_MEAN, IMAGENET_STD, as_images
+
+from reference import load_make_weights
+
+make_weights = load_make_weights()
+
+
+def tiny_model(patch_order="current"):
+    model = build_model("pvt_v2_b0", patch_order=patch_order)
+    model.load_state_dict(make_weights(model.state_dict(), seed=0), strict=True)
+    return model
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    return Predictor(tiny_model(), resolution=64, batch_size=2)
+
+
+def test_probabilities_at_the_input_size_equal_the_network_on_the_resized_input(predictor):
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(3, 3, 64, 64, generator=gen)  # already at the network's size: no resize
+    probs = predictor.predict(images)
+    assert probs.shape == (3, 64, 64) and probs.dtype == torch.float32
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        want = predictor.model((images - mean) / std).sigmoid()[:, 0]
+    torch.testing.assert_close(probs, want, atol=1e-6, rtol=1e-6)
+
+
+def test_channels_last_rgba_grey_and_uint8_inputs_give_the_same_mask(predictor):
+    gen = torch.Generator().manual_seed(1)
+    rgb = torch.rand(2, 3, 50, 70, generator=gen)
+    want = predictor.predict(rgb)
+    rgba = torch.cat([rgb, torch.rand(2, 1, 50, 70, generator=gen)], dim=1)
+    torch.testing.assert_close(predictor.predict(rgb.permute(0, 2, 3, 1)), want)  # ComfyUI's [B, H, W, C]
+    torch.testing.assert_close(predictor.predict(rgba), want)
+    torch.testing.assert_close(predictor.predict(rgb[0]), want[:1])  # a single image
+    quantised = (rgb * 255).round().to(torch.uint8)
+    torch.testing.assert_close(predictor.predict(quantised), predictor.predict(quantised.float() / 255))
+    grey = rgb[:, :1]
+    torch.testing.assert_close(predictor.predict(grey), predictor.predict(grey.expand(-1, 3, -1, -1)))
+
+
+def test_chunking_does_not_change_the_result_and_reports_progress():
+    model = tiny_model()
+    images = torch.rand(5, 3, 40, 30, generator=torch.Generator().manual_seed(2))
+    whole = Predictor(model, resolution=64, batch_size=5).predict(images)
+    calls = []
+    chunked = Predictor(model, resolution=64, batch_size=2).predict(images, progress=lambda d, t: calls.append((d, t)))
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
+    assert calls == [(2, 5), (4, 5), (5, 5)]
+
+
+def test_tiny_and_large_images(predictor):
+    one_pixel = predictor.predict(torch.rand(1, 3, 1, 1))
+    assert one_pixel.shape == (1, 1, 1) and bool(torch.isfinite(one_pixel).all())
+    wide = predictor.predict(torch.rand(1, 3, 9, 4000))
+    assert wide.shape == (1, 9, 4000) and 0 <= wide.min() <= wide.max() <= 1
+
+
+def test_empty_batch_gives_an_empty_mask(predictor):
+    assert predictor.predict(torch.rand(0, 3, 20, 30)).shape == (0, 20, 30)
+
+
+@pytest.mark.parametrize("bad,message", [
+    (torch.full((1, 3, 8, 8), float("nan")), "NaN or infinite"),
+    (torch.full((1, 3, 8, 8), float("inf")), "NaN or infinite"),
+    (torch.zeros(1, 3, 8, 8, dtype=torch.int32), "float in 0..1 or uint8"),
+    (torch.zeros(1, 2, 8, 8), "1, 3 or 4 channels"),
+    (torch.zeros(8, 8), r"\[B, C, H, W\]"),
+    (torch.zeros(1, 3, 0, 8), "must not be empty"),
+])
+def test_bad_input_is_a_clear_error(predictor, bad, message):
+    with pytest.raises(ValueError, match=message):
+        predictor.predict(bad)
+
+
+def test_resolutions():
+    assert Resolution.parse(None, (2560, 1440)).size_for(100, 100) == (1440, 2560)
+    assert Resolution.parse("native", (512, 512)).size_for(7, 9) == (512, 512)
+    assert Resolution.parse("1024x768").size_for(1, 1) == (768, 1024)
+    assert Resolution.parse(512).size_for(1, 1) == (512, 512)
+    keep = Resolution.parse("keep:1024")
+    assert keep.size_for(1080, 1920) == (576, 1024)
+    assert keep.size_for(4000, 3000) == (1024, 768)
+    assert keep.size_for(1, 5000) == (32, 1024)
+    with pytest.raises(ValueError, match="resolution must be"):
+        Resolution.parse("big")
+
+
+def test_resolution_not_a_multiple_of_32_is_rounded_with_a_warning(caplog):
+    with caplog.at_level(logging.WARNING):
+        resolution = Resolution.parse("1000x700")
+    assert resolution.size_for(1, 1) == (704, 992)
+    assert "not a multiple of 32" in caplog.text
+
+
+def test_keep_aspect_runs_the_network_at_the_input_aspect():
+    predictor = Predictor(tiny_model(), resolution="keep:96")
+    seen = []
+    hook = predictor.model.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape[-2:])))
+    predictor.predict(torch.rand(1, 3, 100, 200))
+    hook.remove()
+    assert seen == [(64, 96)]
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_on_cpu_is_close_to_float32(dtype):
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    want = Predictor(tiny_model(), resolution=64).predict(images)
+    got = Predictor(tiny_model(), resolution=64, dtype=dtype).predict(images)
+    assert got.dtype == torch.float32 and bool(torch.isfinite(got).all())
+    assert (got - want).abs().max() < 0.02
+
+
+def test_as_images_keeps_values():
+    x = torch.rand(2, 5, 6, 3)
+    torch.testing.assert_close(as_images(x), x.permute(0, 3, 1, 2), atol=0, rtol=0)
