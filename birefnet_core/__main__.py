@@ -1,7 +1,7 @@
 """Command line: ``python -m birefnet_core <command> ...``.
 
-Commands: ``bench`` (benchmarks that print figures). The segmentation, video and evaluation
-commands are built on the same core API as the ComfyUI nodes.
+Commands: ``predict`` (masks and cut-outs for image files) and ``bench`` (benchmarks that print
+figures). They are built on the same core API as the ComfyUI nodes.
 """
 
 from __future__ import annotations
@@ -12,10 +12,12 @@ from typing import Optional, Sequence
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import bench
+    from . import bench, predict
 
-    parser = argparse.ArgumentParser(prog="python -m birefnet_core", description="BiRefNet: segmentation, matting, video, evaluation and benchmarks.")
+    parser = argparse.ArgumentParser(prog="python -m birefnet_core",
+                                     description="BiRefNet: segmentation, matting, video, evaluation and benchmarks.")
     commands = parser.add_subparsers(dest="command", metavar="command")
+    predict.add_arguments(commands.add_parser("predict", help="write a mask and an RGBA cut-out per image"))
     bench.add_arguments(commands.add_parser("bench", help="print speed and memory figures"))
     return parser
 
@@ -26,10 +28,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    if args.command == "bench":
-        from . import bench
+    if args.command == "predict":
+        from . import predict
 
-        bench.run(args)
+        return predict.run(args)
+    from . import bench
+
+    bench.run(args)
     return 0
 
 

@@ -147,7 +147,7 @@ class Predictor:
             ``dtype`` in place.
         resolution: see :meth:`Resolution.parse`; default the model variant's native size.
         batch_size: images per forward pass; larger batches are cut into chunks.
-        dtype: inference dtype (default :func:`auto_dtype` for the model's device).
+        dtype: inference dtype; default the model's own (``load_model`` applies :func:`auto_dtype`).
     """
 
     def __init__(self, model: torch.nn.Module, *, resolution=None, batch_size: int = 1,
@@ -156,7 +156,7 @@ class Predictor:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         parameter = next(model.parameters())
         self.device = parameter.device
-        self.dtype = parse_dtype(dtype, self.device)
+        self.dtype = parameter.dtype if dtype is None else parse_dtype(dtype, self.device)
         variant = getattr(model, "variant", None)
         native = tuple(variant.resolution) if variant is not None else DEFAULT_RESOLUTION
         self.resolution = Resolution.parse(resolution, native)

@@ -1,0 +1,357 @@
+"""Reading BiRefNet checkpoints safely and turning them into ready-to-run models.
+
+* :func:`read_state_dict` reads ``.safetensors``, or ``.pth/.pt/.bin/.ckpt`` with
+  ``torch.load(..., weights_only=True)`` only: a pickle that needs Python code is refused.
+* :func:`normalise_state_dict` strips ``module.`` / ``_orig_mod.`` prefixes.
+* :func:`detect_backbone` tells the backbone from tensor shapes (never from file names).
+* :func:`load_state_dict_into` loads strictly, explaining any mismatch.
+* :func:`load_model` does all of it from a file, a registry name, a Hub repo id or a state dict.
+
+Models folder (used for registry names and repo ids): ``models_dir`` argument, else the
+``BIREFNET_MODELS_DIR`` environment variable, else ``~/.cache/birefnet``. Files there are named
+``<registry name>.safetensors`` (see :mod:`birefnet_core.hub`).
+
+Nothing here executes code from a weights file or from the Hub (no ``trust_remote_code``, no
+transformers).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Tuple, Union
+
+import torch
+
+from . import hub
+from .config import PatchOrder
+from .inference import parse_dtype
+from .models import BiRefNet, build_model
+from .registry import Variant, find_variant, get_variant
+
+logger = logging.getLogger(__name__)
+
+MODELS_DIR_ENV = "BIREFNET_MODELS_DIR"
+PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+WEIGHTS_SUFFIXES = (".safetensors",) + PICKLE_SUFFIXES
+_PREFIXES = ("module.", "_orig_mod.")
+_WRAPPERS = ("state_dict", "model")
+
+StateDict = Dict[str, torch.Tensor]
+Source = Union[str, os.PathLike, Variant, Mapping[str, torch.Tensor]]
+
+
+def default_models_dir() -> Path:
+    """``$BIREFNET_MODELS_DIR``, else ``~/.cache/birefnet``."""
+    return Path(os.environ.get(MODELS_DIR_ENV) or Path.home() / ".cache" / "birefnet").expanduser()
+
+
+def default_device() -> torch.device:
+    """cuda if available, else mps if available, else cpu."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+# --------------------------------------------------------------------------------------- reading
+
+def read_state_dict(path: Union[str, os.PathLike]) -> StateDict:
+    """The tensors in a weights file, unwrapped from ``{"state_dict": ...}`` / ``{"model": ...}``.
+
+    Pickle-based files are read with ``weights_only=True``: one that needs Python code to load
+    raises ValueError and nothing in it runs.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"BiRefNet weights file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            data: object = load_file(str(path), device="cpu")
+        except Exception as err:
+            raise ValueError(f"could not read {path} as a safetensors file: {err}") from err
+    elif suffix in PICKLE_SUFFIXES:
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            if "weights only" not in str(err).lower():
+                raise ValueError(f"could not read {path}: not a valid PyTorch weights file ({err})") from err
+            raise ValueError(
+                f"{path} contains pickled Python objects, not just tensors; refusing to run code from a weights "
+                "file; convert it to .safetensors (or re-save only the state dict) in an environment you trust"
+            ) from None
+    else:
+        raise ValueError(f"unsupported weights file type {suffix or '(none)'!r} for {path}; "
+                         f"expected one of {', '.join(WEIGHTS_SUFFIXES)}")
+    return _unwrap(data, path)
+
+
+def _unwrap(data: object, path: Path) -> StateDict:
+    for _ in range(4):
+        if not isinstance(data, Mapping) or all(isinstance(v, torch.Tensor) for v in data.values()):
+            break
+        inner = next((data[k] for k in _WRAPPERS if isinstance(data.get(k), Mapping)), None)
+        if inner is None:
+            break
+        data = inner
+    if not isinstance(data, Mapping) or not data or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        kind = type(data).__name__
+        keys = list(data)[:8] if isinstance(data, Mapping) else []
+        raise ValueError(f"{path} does not hold a state dict of tensors (found a {kind}"
+                         + (f" with keys {keys}" if keys else "") + ")")
+    return dict(data)
+
+
+def normalise_state_dict(sd: Mapping[str, torch.Tensor]) -> StateDict:
+    """``sd`` with leading ``module.`` and ``_orig_mod.`` (any order, repeated) stripped from every
+    key. Tensors are kept as they are (any dtype); nothing is dropped."""
+    out: StateDict = {}
+    for key, value in sd.items():
+        name = key
+        while name.startswith(_PREFIXES):
+            name = name.split(".", 1)[1]
+        if name in out:
+            raise ValueError(f"state dict has two tensors named {name!r} once prefixes are stripped")
+        out[name] = value
+    return out
+
+
+# ------------------------------------------------------------------------------------- detection
+
+def _count_blocks(sd: Mapping[str, torch.Tensor], prefix: str) -> int:
+    return len({k[len(prefix):].split(".", 1)[0] for k in sd if k.startswith(prefix)})
+
+
+def detect_backbone(sd: Mapping[str, torch.Tensor]) -> str:
+    """The backbone name (a key of :data:`~birefnet_core.config.BACKBONES`) from tensor shapes.
+
+    Raises ValueError describing what the checkpoint looks like when it is not a BiRefNet one.
+    """
+    sd = normalise_state_dict(sd)
+    swin = sd.get("bb.patch_embed.proj.weight")
+    if swin is not None:
+        width, blocks = int(swin.shape[0]), _count_blocks(sd, "bb.layers.2.blocks.")
+        name = {(96, 6): "swin_v1_t", (96, 18): "swin_v1_s", (128, 18): "swin_v1_b", (192, 18): "swin_v1_l"}.get(
+            (width, blocks))
+        if name is None:
+            raise ValueError(f"unsupported Swin backbone: embedding width {width}, {blocks} blocks in stage 3 "
+                             "(BiRefNet uses Swin-T 96/6, Swin-S 96/18, Swin-B 128/18, Swin-L 192/18)")
+        return name
+    pvt = sd.get("bb.patch_embed1.proj.weight")
+    if pvt is not None:
+        width, blocks = int(pvt.shape[0]), _count_blocks(sd, "bb.block3.")
+        name = {(32, 2): "pvt_v2_b0", (64, 2): "pvt_v2_b1", (64, 6): "pvt_v2_b2", (64, 40): "pvt_v2_b5"}.get(
+            (width, blocks))
+        if name is None:
+            raise ValueError(f"unsupported PVT-v2 backbone: embedding width {width}, {blocks} blocks in stage 3 "
+                             "(BiRefNet uses b0 32/2, b1 64/2, b2 64/6, b5 64/40)")
+        return name
+    raise ValueError(_describe_foreign(sd))
+
+
+def _describe_foreign(sd: Mapping[str, torch.Tensor]) -> str:
+    keys = list(sd)
+
+    def starts(*prefixes: str) -> bool:
+        return any(k.startswith(prefixes) for k in keys)
+
+    if starts("model.diffusion_model.", "diffusion_model.", "input_blocks.", "double_blocks.", "joint_blocks."):
+        what = "a Stable Diffusion / UNet (image generation) checkpoint"
+    elif starts("first_stage_model.", "encoder.down", "decoder.up"):
+        what = "a VAE (autoencoder) checkpoint"
+    elif starts("cond_stage_model.", "conditioner.", "text_model.", "text_encoders."):
+        what = "a text encoder (CLIP / T5) checkpoint"
+    elif any("lora" in k.lower() for k in keys):
+        what = "a LoRA"
+    elif starts("patch_embed.proj.", "layers.0.blocks."):
+        what = "a bare Swin Transformer backbone (e.g. ImageNet-pretrained), not a complete BiRefNet"
+    elif starts("patch_embed1.proj."):
+        what = "a bare PVT-v2 backbone (e.g. ImageNet-pretrained), not a complete BiRefNet"
+    else:
+        return (f"not a BiRefNet checkpoint: none of its {len(keys)} tensors is a BiRefNet backbone weight "
+                f"(bb.patch_embed.proj.weight or bb.patch_embed1.proj.weight); first keys: {keys[:5]}")
+    return (f"not a BiRefNet checkpoint: this looks like {what}, not BiRefNet "
+            f"({len(keys)} tensors, first keys: {keys[:3]})")
+
+
+# --------------------------------------------------------------------------------------- loading
+
+def load_state_dict_into(model: torch.nn.Module, sd: Mapping[str, torch.Tensor]) -> torch.nn.Module:
+    """Strictly load ``sd`` (prefixes stripped) into ``model``, casting floating tensors to the
+    model's dtypes. A model on the ``meta`` device takes the tensors over (``assign=True``).
+
+    Raises ValueError with the missing / unexpected / reshaped keys and a hint on mismatch.
+    """
+    sd = normalise_state_dict(sd)
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    reshaped = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or reshaped:
+        raise ValueError(_mismatch_message(model, sd, missing, unexpected, reshaped))
+    cast = {k: v.to(own[k].dtype) if v.is_floating_point() and own[k].is_floating_point() else v
+            for k, v in sd.items()}
+    model.load_state_dict(cast, strict=True, assign=any(t.is_meta for t in own.values()))
+    left = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+    if left:
+        raise RuntimeError(f"tensors not in the state dict stayed on the meta device: {left[:4]}")
+    return model
+
+
+def _mismatch_message(model: torch.nn.Module, sd: StateDict, missing: List[str], unexpected: List[str],
+                      reshaped: List[str]) -> str:
+    parts = [f"checkpoint does not fit the model: {len(missing)} missing keys {missing[:4]}, "
+             f"{len(unexpected)} unexpected keys {unexpected[:4]}"]
+    if reshaped:
+        shapes = [f"{k}: {list(sd[k].shape)} vs {list(model.state_dict()[k].shape)}" for k in reshaped[:3]]
+        parts.append(f"{len(reshaped)} keys with other shapes (checkpoint vs model) {shapes}")
+    built = getattr(getattr(model, "config", None), "backbone", None)
+    try:
+        found: Optional[str] = detect_backbone(sd)
+    except ValueError as err:
+        found = None
+        parts.append(str(err))
+    if found and built and found != built:
+        parts.append(f"the checkpoint's backbone is {found} but the model was built for {built}")
+    if not any(k.endswith("running_mean") for k in sd) and any(k.endswith("running_mean") for k in missing):
+        parts.append("the checkpoint has no BatchNorm statistics: it was trained with batch size 1 "
+                     "(the official code then drops BatchNorm), which is not supported")
+    return "; ".join(parts)
+
+
+def _placed(t: torch.Tensor, device: torch.device, dtype: torch.dtype, *, copy: bool) -> torch.Tensor:
+    """``t`` on ``device`` (floating tensors in ``dtype``) in memory of its own: a caller's tensors
+    are never aliased, and CPU tensors are 64-byte aligned (safetensors hands out unaligned ones,
+    which CPU kernels run through other code paths)."""
+    out = t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
+    if (copy and out.data_ptr() == t.data_ptr()) or (out.device.type == "cpu" and out.data_ptr() % 64):
+        out = out.clone()
+    return out
+
+
+def _is_plain_name(text: str) -> bool:
+    return bool(text) and text not in (".", "..") and not any(c in text for c in "/\\:\0")
+
+
+def _resolve(source: Source, models_dir: Optional[Union[str, os.PathLike]], token: Optional[str]
+             ) -> Tuple[Optional[Path], Optional[Variant]]:
+    """The weights file for ``source`` and the registry entry it was asked for by (if any)."""
+    folder = Path(models_dir).expanduser() if models_dir is not None else default_models_dir()
+    if isinstance(source, Variant):
+        return hub.download(source, folder, token=token), source
+    if isinstance(source, os.PathLike):
+        path = Path(source).expanduser()
+    elif isinstance(source, str):
+        text = source.strip()
+        variant = find_variant(text)
+        if variant is not None:
+            return hub.download(variant, folder, token=token), variant
+        relative = not os.path.isabs(os.path.expanduser(text))
+        if relative and ".." in text.replace("\\", "/").split("/"):
+            raise ValueError(f"refusing model source {text!r}: '..' in a name or relative path could leave the "
+                             "models folder; pass a pathlib.Path (or an absolute path) to load a file from elsewhere")
+        has_suffix = text.lower().endswith(WEIGHTS_SUFFIXES)
+        if not relative:
+            path = Path(text).expanduser()
+        elif _is_plain_name(text):  # a file in the models folder, else (with a suffix) in the working directory
+            found = next((p for p in (folder / text, folder / f"{text}.safetensors") if p.is_file()), None)
+            if found is None and not has_suffix:
+                get_variant(text)  # raises ValueError listing close matches
+            path = found or Path(text)
+        elif has_suffix:
+            path = Path(text).expanduser()
+        elif hub.is_repo_id(text):
+            return hub.download(text, folder, token=token), None
+        else:
+            raise ValueError(f"refusing model name {text!r}: a name may not contain path separators; it is looked "
+                             f"up inside the models folder {folder}; pass a pathlib.Path to load a file elsewhere")
+    else:
+        raise TypeError(f"cannot load a BiRefNet model from a {type(source).__name__}")
+    if not path.is_file():
+        raise FileNotFoundError(f"BiRefNet weights file not found: {path}")
+    return path, None
+
+
+def load_model(source: Source, *, device: Union[None, str, torch.device] = None,
+               dtype: Union[None, str, torch.dtype] = None, patch_order: Union[None, str, PatchOrder] = None,
+               models_dir: Optional[Union[str, os.PathLike]] = None, token: Optional[str] = None) -> BiRefNet:
+    """A BiRefNet with loaded weights, in eval mode, on ``device`` in ``dtype``.
+
+    ``source``:
+      * a registry name or its repo id (``"BiRefNet_lite"``, ``"ZhengPeng7/BiRefNet_HR"``) or a
+        :class:`~birefnet_core.registry.Variant`: ``<models_dir>/<name>.safetensors``, downloaded
+        there first if missing (see :func:`birefnet_core.hub.download`);
+      * any other Hub repo id ``"owner/name"``: its ``model.safetensors``, downloaded likewise;
+      * another plain name (no path separators): ``<models_dir>/<name>`` or
+        ``<models_dir>/<name>.safetensors``; with a weights suffix and not there, that file in the
+        working directory;
+      * a ``pathlib.Path``, an absolute path, or a relative path ending in a weights suffix
+        (``.safetensors .pth .pt .bin .ckpt``): that file. Strings with '..' components, and
+        other strings with separators, are refused, so a name never reads outside the folder;
+      * a mapping of tensors (a state dict).
+
+    ``device``: default cuda, else mps, else cpu. ``dtype``: a torch dtype or "float32"/
+    "float16"/"bfloat16"; None or "auto" means the device's default
+    (:func:`birefnet_core.inference.auto_dtype`: bfloat16 or float16 on CUDA, else float32).
+    ``patch_order``: "legacy"/"current", or None/"auto" for the registry entry's order (also for a
+    file named after a registry entry), else legacy. ``models_dir``: default
+    ``$BIREFNET_MODELS_DIR``, else ``~/.cache/birefnet``. ``token``: Hub token for gated repos.
+
+    The model gets ``model.variant`` (the registry entry or None) and ``model.source`` (str).
+    """
+    target_device = torch.device(device) if device is not None else default_device()
+    target_dtype = parse_dtype(dtype, target_device)  # argument errors before any file is read
+    _choose_patch_order(patch_order, None, None)
+    in_memory = isinstance(source, Mapping)
+    if in_memory:
+        path, variant, sd = None, None, normalise_state_dict(source)
+    else:
+        path, variant = _resolve(source, models_dir, token)
+        sd = normalise_state_dict(read_state_dict(path))
+    backbone = detect_backbone(sd)
+    if variant is not None and variant.backbone != backbone:
+        raise ValueError(f"{path} should hold model '{variant.name}' (backbone {variant.backbone}) but its tensors "
+                         f"are a {backbone} BiRefNet: the file is misnamed or corrupt; delete or rename it")
+    named = None
+    if variant is None and path is not None:
+        named = find_variant(path.stem)
+        if named is not None and named.backbone != backbone:
+            logger.warning("%s is named like registry model %s (%s) but holds a %s BiRefNet; ignoring the name",
+                           path, named.name, named.backbone, backbone)
+            named = None
+    order, why = _choose_patch_order(patch_order, variant, named)
+    logger.info("BiRefNet %s from %s: patch order %s (%s)", backbone, path or "a state dict", order.value, why)
+
+    # build without memory on 'meta', then take over the tensors already moved to device and dtype
+    for key in list(sd):  # one at a time, so each original is freed as soon as it is replaced
+        sd[key] = _placed(sd[key], target_device, target_dtype, copy=in_memory)
+    with torch.device("meta"):
+        model = build_model(backbone, patch_order=order).to(dtype=target_dtype)
+    load_state_dict_into(model, sd)
+    model = model.to(device=target_device).eval()
+    model.variant = variant or named
+    model.source = str(path) if path is not None else "<state dict>"
+    return model
+
+
+def _choose_patch_order(requested: Union[None, str, PatchOrder], variant: Optional[Variant],
+                        named: Optional[Variant]) -> Tuple[PatchOrder, str]:
+    if requested is not None and str(getattr(requested, "value", requested)).lower() != "auto":
+        return PatchOrder.parse(requested), "requested"
+    if variant is not None:
+        return variant.patch_order, f"registry entry {variant.name}"
+    if named is not None:
+        return named.patch_order, f"the file name matches registry entry {named.name}"
+    return PatchOrder.LEGACY, ("default for an unknown checkpoint: most released checkpoints predate the "
+                               "2024-11-05 change; pass patch_order='current' for newer ones")
+
+
+__all__ = ["MODELS_DIR_ENV", "WEIGHTS_SUFFIXES", "default_device", "default_models_dir", "detect_backbone",
+           "load_model", "load_state_dict_into", "normalise_state_dict", "read_state_dict"]

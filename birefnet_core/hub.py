@@ -1,0 +1,182 @@
+"""Getting checkpoint files from the Hugging Face Hub into a plain folder.
+
+Layout: a model is stored as ``<folder>/<name>.safetensors`` directly in the folder the caller
+gives (``<name>`` is the registry name, e.g. ``BiRefNet_lite.safetensors``, or ``<owner>--<repo>``
+for a repository that is not in the registry), so a loader that lists ``*.safetensors`` in that
+folder finds it again without network. While downloading, huggingface_hub works in
+``<folder>/.download/<name>/`` (resumable partial files live there); the finished file is moved
+into place and that folder removed.
+
+Order of attempts in :func:`download`: the file already in the folder (no network at all); the
+same file in the Hugging Face cache (``HF_HUB_CACHE``; hard-linked, else copied, into the folder);
+a download. Any failure raises one :class:`ModelNotAvailableError` whose single-line message names
+the repository, the file, its URL and where to put it by hand.
+
+huggingface_hub is imported inside the functions only, so importing the core stays fast. No code
+from the Hub is ever executed: only the weights file is fetched.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import NamedTuple, Optional, Union
+
+from .registry import Variant, find_variant
+
+#: sub-folder of the models folder where downloads in progress live
+STAGING = ".download"
+
+_REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
+
+
+class ModelNotAvailableError(RuntimeError):
+    """The weights are neither in the models folder nor obtainable from the Hub right now."""
+
+
+class ModelAccessError(ModelNotAvailableError):
+    """The Hub refused access (gated or private repository, HTTP 401/403): a token is needed."""
+
+
+class HubFile(NamedTuple):
+    """One weights file on the Hub and the name it is stored under locally."""
+
+    repo_id: str
+    filename: str
+    name: str  # local file stem: ``<folder>/<name>.safetensors``
+    gated: bool = False
+
+    @property
+    def url(self) -> str:
+        return f"https://huggingface.co/{self.repo_id}/resolve/main/{self.filename}"
+
+
+def is_repo_id(text: str) -> bool:
+    """True for a syntactically valid ``owner/name`` Hub repository id (never a path with '..')."""
+    return bool(_REPO_ID.fullmatch(text)) and ".." not in text
+
+
+def hub_file(source: Union[Variant, str]) -> HubFile:
+    """The Hub file for a registry variant, a registry name, or a repo id outside the registry
+    (whose ``model.safetensors`` is stored as ``<owner>--<name>.safetensors``)."""
+    variant = source if isinstance(source, Variant) else find_variant(source)
+    if variant is not None:
+        return HubFile(variant.repo_id, variant.filename, variant.name, variant.gated)
+    if not is_repo_id(source):
+        raise ValueError(f"{source!r} is neither a known BiRefNet model name nor a Hugging Face repo id 'owner/name'")
+    return HubFile(source, "model.safetensors", source.replace("/", "--"))
+
+
+def local_path(source: Union[Variant, str], folder: Union[str, Path]) -> Path:
+    """Where :func:`download` stores ``source`` in ``folder``."""
+    return Path(folder).expanduser() / f"{hub_file(source).name}.safetensors"
+
+
+def download(source: Union[Variant, str], folder: Union[str, Path], *, token: Optional[str] = None,
+             progress: bool = True, cache_dir: Optional[Union[str, Path]] = None) -> Path:
+    """Make sure the weights of ``source`` (a :class:`Variant`, registry name or repo id) are in
+    ``folder`` and return their path, ``<folder>/<name>.safetensors``.
+
+    A file already there is returned without touching the network. ``token`` (default: the
+    ``HF_TOKEN`` environment variable / saved login) is needed for gated repositories such as
+    RMBG-2.0. ``cache_dir`` is the Hugging Face cache searched before downloading (default: the
+    standard one). Raises :class:`ModelNotAvailableError` (:class:`ModelAccessError` for 401/403).
+    """
+    target = hub_file(source)
+    folder = Path(folder).expanduser()
+    final = folder / f"{target.name}.safetensors"
+    if final.is_file():
+        return final
+
+    from huggingface_hub import hf_hub_download
+
+    try:  # already in the Hugging Face cache? (never touches the network)
+        cached = Path(hf_hub_download(target.repo_id, target.filename, cache_dir=cache_dir, local_files_only=True))
+    except Exception:
+        cached = None
+    if cached is not None and cached.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        _place_copy(cached.resolve(), final)
+        return final
+
+    staging = folder / STAGING / target.name
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        got = Path(hf_hub_download(target.repo_id, target.filename, local_dir=staging, token=token,
+                                   tqdm_class=None if progress else _silent_tqdm()))
+    except Exception as err:
+        _clean_staging(staging, keep_partial=True)
+        raise _explain(err, target, folder) from err
+    try:
+        os.replace(got, final)
+    except FileNotFoundError:  # another process moved it first
+        if not final.is_file():
+            raise
+    _clean_staging(staging, keep_partial=False)
+    return final
+
+
+def _place_copy(source: Path, final: Path) -> None:
+    """Hard-link (or copy) ``source`` to ``final`` atomically."""
+    part = final.with_name(final.name + ".part")
+    part.unlink(missing_ok=True)
+    try:
+        os.link(source, part)
+    except OSError:
+        shutil.copyfile(source, part)
+    os.replace(part, final)
+
+
+def _clean_staging(staging: Path, *, keep_partial: bool) -> None:
+    if keep_partial and staging.is_dir() and any(staging.rglob("*.incomplete")):
+        return
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        staging.parent.rmdir()  # only if empty
+    except OSError:
+        pass
+
+
+def _silent_tqdm() -> type:
+    from tqdm.auto import tqdm
+
+    class Silent(tqdm):  # type: ignore[misc, valid-type]
+        def __init__(self, *args, **kwargs) -> None:
+            kwargs["disable"] = True
+            kwargs.pop("name", None)
+            super().__init__(*args, **kwargs)
+
+    return Silent
+
+
+def _explain(err: BaseException, target: HubFile, folder: Path) -> ModelNotAvailableError:
+    """One single-line error for any failure to fetch ``target``."""
+    from huggingface_hub import constants
+
+    kinds = {cls.__name__ for cls in type(err).__mro__}
+    status = getattr(getattr(err, "response", None), "status_code", None)
+    error_cls = ModelNotAvailableError
+    if "GatedRepoError" in kinds or status in (401, 403):
+        error_cls = ModelAccessError
+        reason = (f"the Hub refused access (HTTP {status or 401}): the repository is gated or private; log in on "
+                  f"https://huggingface.co/{target.repo_id}, accept its licence, create a read token and set the "
+                  f"HF_TOKEN environment variable (or pass token=)")
+    elif "RepositoryNotFoundError" in kinds:
+        reason = "the repository does not exist on the Hub (or is private: set HF_TOKEN)"
+    elif "EntryNotFoundError" in kinds and "LocalEntryNotFoundError" not in kinds:
+        reason = f"the repository has no file '{target.filename}'"
+    elif constants.HF_HUB_OFFLINE or "OfflineModeIsEnabled" in kinds:
+        reason = "Hugging Face Hub offline mode is on (HF_HUB_OFFLINE) and the file is not in the models folder"
+    else:
+        detail = " ".join(str(err).split())[:200]
+        reason = f"it could not be downloaded (no connection to the Hub? {type(err).__name__}: {detail})"
+    if target.gated and error_cls is not ModelAccessError:
+        reason += "; note this repository is gated: accept its licence on the Hub and set HF_TOKEN"
+    final = folder / f"{target.name}.safetensors"
+    return error_cls(
+        f"BiRefNet model '{target.name}' (file '{target.filename}' of Hugging Face repo '{target.repo_id}') is not "
+        f"available: {reason}. To install it by hand, download {target.url} and save it as '{final.name}' in the "
+        f"folder {folder} (i.e. {final})."
+    )
