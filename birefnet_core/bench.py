@@ -1,9 +1,9 @@
 """Benchmarks that print figures: ``python -m birefnet_core bench <name>``.
 
 Each figure is the median of several timed runs after one warm-up run, with the machine named,
-and the peak of temporary memory during a run (CUDA: the caching allocator's peak; CPU: the
-process's resident memory sampled every millisecond, with glibc told to return large blocks to
-the system at once so that the samples see allocations and frees).
+and the peak of temporary memory during one more run (CUDA: the caching allocator's peak; CPU:
+the growth of the process's resident memory, sampled every millisecond after glibc has handed
+freed memory back to the system; the timed runs run without the sampler).
 """
 
 from __future__ import annotations
@@ -52,12 +52,11 @@ def _resident_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _return_large_blocks_to_system() -> None:
-    """glibc only: serve every allocation of 128 KiB or more by mmap, so frees lower RSS."""
+def _release_free_memory() -> None:
+    """glibc only: hand freed heap memory back to the system, so that resident memory equals
+    live memory when a measurement starts (and grows with every new allocation during it)."""
     with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6")
-        m_mmap_threshold = -3
-        libc.mallopt(m_mmap_threshold, 128 * 1024)
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 @contextlib.contextmanager
@@ -76,6 +75,7 @@ def peak_memory(device: torch.device) -> Iterator[List[Optional[int]]]:
     if device.type != "cpu" or not os.path.exists("/proc/self/statm"):
         yield result
         return
+    _release_free_memory()
     start = _resident_bytes()
     peak = [start]
     stop = threading.Event()
@@ -96,19 +96,19 @@ def peak_memory(device: torch.device) -> Iterator[List[Optional[int]]]:
 
 
 def measure(fn: Callable[[], object], device: torch.device, repeats: int):
-    """(median seconds, peak temporary bytes) of ``fn`` after one warm-up call."""
+    """(median seconds, peak temporary bytes) of ``fn`` after one warm-up call. The timed runs
+    and the memory run are separate, so the CPU memory sampler never slows a timed run."""
     fn()
     _synchronize(device)
-    times, peaks = [], []
+    times = []
     for _ in range(repeats):
-        with peak_memory(device) as peak:
-            start = time.perf_counter()
-            fn()
-            _synchronize(device)
-            times.append(time.perf_counter() - start)
-        peaks.append(peak[0])
-    known = [p for p in peaks if p is not None]
-    return statistics.median(times), (max(known) if known else None)
+        start = time.perf_counter()
+        fn()
+        _synchronize(device)
+        times.append(time.perf_counter() - start)
+    with peak_memory(device) as peak:
+        fn()
+    return statistics.median(times), peak[0]
 
 
 def bench_deform(args: argparse.Namespace) -> None:
@@ -117,12 +117,11 @@ def bench_deform(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    _return_large_blocks_to_system()
     dtypes = [getattr(torch, name) for name in args.dtypes]
     backends = args.backends or [n for n in BACKEND_NAMES]
     print(f"deform_conv2d on {device}: {machine_description(device)}")
     print(f"median of {args.repeats} runs after a warm-up; batch {args.batch}, 64 -> 256 channels; "
-          "peak = memory above the inputs during a call, output included")
+          "peak = memory above the inputs during one more call, output included")
     print(f"{'backend':<12} {'dtype':<9} {'k':>2} {'map':>5} {'median ms':>10} {'peak MiB':>9}")
     gen = torch.Generator().manual_seed(0)
     for size in args.sizes:
@@ -163,7 +162,6 @@ def bench_model(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    _return_large_blocks_to_system()
     dtype = parse_dtype(args.dtype, device)
     height, width = Resolution.parse(args.size).size_for(1, 1)
     model = build_model(args.backbone).to(device=device, dtype=dtype)

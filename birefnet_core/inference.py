@@ -112,11 +112,11 @@ class Resolution:
 
 
 def as_images(images: torch.Tensor) -> torch.Tensor:
-    """Any accepted image batch -> float [B, 3, H, W] (a view or a copy, same device).
+    """Any accepted image batch -> a [B, 3, H, W] view of it (same device and dtype, no copy).
 
     Accepts [B, C, H, W] or [B, H, W, C] (channels-last, as ComfyUI's IMAGE) or a single image
     without batch dimension, with C = 1 (grey, repeated), 3 (RGB) or 4 (RGBA, alpha dropped);
-    float values in 0..1, or uint8 0..255.
+    float values in 0..1, or uint8 0..255 (see :func:`to_unit_float`).
     """
     if not isinstance(images, torch.Tensor):
         raise ValueError(f"images must be a torch.Tensor, got {type(images).__name__}")
@@ -128,15 +128,18 @@ def as_images(images: torch.Tensor) -> torch.Tensor:
         images = images.permute(0, 3, 1, 2)
     if images.shape[1] not in (1, 3, 4):
         raise ValueError(f"images must have 1, 3 or 4 channels, got shape {list(images.shape)}")
-    if images.dtype == torch.uint8:
-        images = images.float() / 255.0
-    elif not images.is_floating_point():
+    if images.dtype != torch.uint8 and not images.is_floating_point():
         raise ValueError(f"images must be float in 0..1 or uint8, got {images.dtype}")
     if images.shape[1] == 1:
-        images = images.expand(-1, 3, -1, -1)
-    elif images.shape[1] == 4:
-        images = images[:, :3]
-    return images
+        return images.expand(-1, 3, -1, -1)
+    return images[:, :3]
+
+
+def to_unit_float(images: torch.Tensor) -> torch.Tensor:
+    """float32 in 0..1: uint8 divided by 255, floats clamped."""
+    if images.dtype == torch.uint8:
+        return images.float() / 255.0
+    return images.float().clamp(0.0, 1.0)
 
 
 class Predictor:
@@ -166,9 +169,9 @@ class Predictor:
         self._std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """[B, 3, H, W] in 0..1 on the model's device -> normalised network input."""
+        """float [B, 3, H, W] in 0..1 on the model's device -> normalised network input."""
         size = self.resolution.size_for(images.shape[-2], images.shape[-1])
-        x = images.float()
+        x = images
         if tuple(x.shape[-2:]) != size:
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
         return ((x - self._mean) / self._std).to(self.dtype)
@@ -190,10 +193,11 @@ class Predictor:
         elif tuple(out.shape) != (b, h, w) or out.dtype != torch.float32:
             raise ValueError(f"out must be float32 [{b}, {h}, {w}], got {out.dtype} {list(out.shape)}")
         for start in range(0, b, self.batch_size):
+            # one chunk at a time on the device: host memory never holds a converted copy of the batch
             chunk = images[start:start + self.batch_size].to(self.device, non_blocking=True)
-            if not bool(torch.isfinite(chunk).all()):
+            if chunk.is_floating_point() and not bool(torch.isfinite(chunk).all()):
                 raise ValueError(f"images {start}..{start + len(chunk) - 1} contain NaN or infinite values")
-            logits = self.model(self.preprocess(chunk.clamp(0.0, 1.0)))
+            logits = self.model(self.preprocess(to_unit_float(chunk)))
             probs = logits.float().sigmoid()
             if tuple(probs.shape[-2:]) != (h, w):
                 probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False,

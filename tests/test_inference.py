@@ -65,6 +65,9 @@ def test_tiny_and_large_images(predictor):
     assert one_pixel.shape == (1, 1, 1) and bool(torch.isfinite(one_pixel).all())
     wide = predictor.predict(torch.rand(1, 3, 9, 4000))
     assert wide.shape == (1, 9, 4000) and 0 <= wide.min() <= wide.max() <= 1
+    eight_k = torch.randint(0, 256, (1, 4320, 7680, 3), dtype=torch.uint8)  # ComfyUI layout, uint8
+    probs = predictor.predict(eight_k)
+    assert probs.shape == (1, 4320, 7680) and bool(torch.isfinite(probs).all())
 
 
 def test_empty_batch_gives_an_empty_mask(predictor):
@@ -122,6 +125,8 @@ def test_half_precision_on_cpu_is_close_to_float32(dtype):
     assert (got - want).abs().max() < 0.02
 
 
-def test_as_images_keeps_values():
+def test_as_images_is_a_view():
     x = torch.rand(2, 5, 6, 3)
-    torch.testing.assert_close(as_images(x), x.permute(0, 3, 1, 2), atol=0, rtol=0)
+    view = as_images(x)
+    assert view.data_ptr() == x.data_ptr()
+    torch.testing.assert_close(view, x.permute(0, 3, 1, 2), atol=0, rtol=0)

@@ -50,3 +50,21 @@ def test_cli_without_a_command_explains_itself():
                             timeout=120)
     assert result.returncode == 2
     assert "bench" in result.stderr
+
+
+def test_readme_model_table_matches_the_registry():
+    from birefnet_core.registry import VARIANTS
+
+    lines = (REPO / "README.md").read_text().splitlines()
+    start = lines.index("| name | repo | backbone | resolution (W×H) | patch order | licence |") + 2
+    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("|"))
+    rows = lines[start:end]
+    table = {}
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        table[cells[0].strip("`")] = cells
+    assert set(table) == {v.name for v in VARIANTS}
+    for v in VARIANTS:
+        name, repo, backbone, resolution, order, licence = table[v.name]
+        assert (repo, backbone, order) == (v.repo_id, v.backbone, v.patch_order.value)
+        assert resolution.startswith(f"{v.width}×{v.height}") and licence.startswith(v.licence)
