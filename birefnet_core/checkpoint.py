@@ -11,8 +11,8 @@ Models folder (used for registry names and repo ids): ``models_dir`` argument, e
 ``BIREFNET_MODELS_DIR`` environment variable, else ``~/.cache/birefnet``. Files there are named
 ``<registry name>.safetensors`` (see :mod:`birefnet_core.hub`).
 
-Nothing here executes code from a weights file or from the Hub (no ``trust_remote_code``, no
-transformers).
+Nothing here executes code from a weights file or from the Hub: weights are tensors, never
+programs.
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ from typing import Dict, List, Mapping, Optional, Tuple, Union
 import torch
 
 from . import hub
-from .config import PatchOrder
+from .config import BACKBONES, PatchOrder
 from .inference import parse_dtype
 from .models import BiRefNet, build_model
+from .models.backbones import backbone_signature
 from .registry import Variant, find_variant, get_variant
 
 logger = logging.getLogger(__name__)
@@ -135,24 +136,19 @@ def detect_backbone(sd: Mapping[str, torch.Tensor]) -> str:
     Raises ValueError describing what the checkpoint looks like when it is not a BiRefNet one.
     """
     sd = normalise_state_dict(sd)
-    swin = sd.get("bb.patch_embed.proj.weight")
-    if swin is not None:
-        width, blocks = int(swin.shape[0]), _count_blocks(sd, "bb.layers.2.blocks.")
-        name = {(96, 6): "swin_v1_t", (96, 18): "swin_v1_s", (128, 18): "swin_v1_b", (192, 18): "swin_v1_l"}.get(
-            (width, blocks))
-        if name is None:
-            raise ValueError(f"unsupported Swin backbone: embedding width {width}, {blocks} blocks in stage 3 "
-                             "(BiRefNet uses Swin-T 96/6, Swin-S 96/18, Swin-B 128/18, Swin-L 192/18)")
-        return name
-    pvt = sd.get("bb.patch_embed1.proj.weight")
-    if pvt is not None:
-        width, blocks = int(pvt.shape[0]), _count_blocks(sd, "bb.block3.")
-        name = {(32, 2): "pvt_v2_b0", (64, 2): "pvt_v2_b1", (64, 6): "pvt_v2_b2", (64, 40): "pvt_v2_b5"}.get(
-            (width, blocks))
-        if name is None:
-            raise ValueError(f"unsupported PVT-v2 backbone: embedding width {width}, {blocks} blocks in stage 3 "
-                             "(BiRefNet uses b0 32/2, b1 64/2, b2 64/6, b5 64/40)")
-        return name
+    found = {}  # probe key -> (width, stage-3 blocks) seen in this state dict
+    for name in BACKBONES:
+        probe, stage3, width, blocks = backbone_signature(name)
+        if probe in sd:
+            found[probe] = (int(sd[probe].shape[0]), _count_blocks(sd, stage3))
+            if found[probe] == (width, blocks):
+                return name
+    if found:
+        (probe, (width, blocks)), = found.items()
+        known = ", ".join(f"{n} {backbone_signature(n)[2]}/{backbone_signature(n)[3]}" for n in BACKBONES
+                          if backbone_signature(n)[0] == probe)
+        raise ValueError(f"unsupported BiRefNet backbone: embedding width {width}, {blocks} blocks in stage 3 "
+                         f"(supported: {known})")
     raise ValueError(_describe_foreign(sd))
 
 

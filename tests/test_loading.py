@@ -215,7 +215,7 @@ def test_foreign_checkpoints_are_described(keys, says):
 
 def test_unsupported_backbone_sizes_are_named():
     sd = {"bb.patch_embed.proj.weight": torch.empty(64, 3, 4, 4, device="meta")}
-    with pytest.raises(ValueError, match="unsupported Swin backbone: embedding width 64"):
+    with pytest.raises(ValueError, match="unsupported BiRefNet backbone: embedding width 64.*swin_v1_t 96/6"):
         detect_backbone(sd)
 
 

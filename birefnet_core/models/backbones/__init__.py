@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Tuple
+
 from torch import nn
 
 from ...config import backbone_spec
@@ -18,3 +20,17 @@ def build_backbone(name: str) -> nn.Module:
     from .pvt_v2 import PVT_V2_CONFIGS, PyramidVisionTransformerV2
 
     return PyramidVisionTransformerV2(**PVT_V2_CONFIGS[name])
+
+
+def backbone_signature(name: str) -> Tuple[str, str, int, int]:
+    """What identifies backbone ``name`` in a BiRefNet state dict: the key of its first
+    patch-embedding weight, the key prefix of its third stage's blocks, the embedding width
+    (that weight's first dimension) and the number of third-stage blocks."""
+    spec = backbone_spec(name)
+    if spec.family == "swin_v1":
+        from .swin_v1 import SWIN_V1_CONFIGS
+
+        return "bb.patch_embed.proj.weight", "bb.layers.2.blocks.", spec.channels[0], SWIN_V1_CONFIGS[name]["depths"][2]
+    from .pvt_v2 import PVT_V2_CONFIGS
+
+    return "bb.patch_embed1.proj.weight", "bb.block3.", spec.channels[0], PVT_V2_CONFIGS[name]["depths"][2]
