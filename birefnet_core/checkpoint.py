@@ -110,6 +110,21 @@ def _unwrap(data: object, path: Path) -> StateDict:
     return dict(data)
 
 
+def peek_backbone(path: Union[str, os.PathLike]) -> Optional[str]:
+    """The backbone of a ``.safetensors`` BiRefNet checkpoint read from its header alone (no tensor
+    data is loaded), or None when the file is not a BiRefNet checkpoint or not safetensors."""
+    if not str(path).lower().endswith(".safetensors"):
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            shapes = {key: f.get_slice(key).get_shape() for key in f.keys()}
+        return detect_backbone({key: torch.empty(shape, device="meta") for key, shape in shapes.items()})
+    except Exception:
+        return None
+
+
 def normalise_state_dict(sd: Mapping[str, torch.Tensor]) -> StateDict:
     """``sd`` with leading ``module.`` and ``_orig_mod.`` (any order, repeated) stripped from every
     key. Tensors are kept as they are (any dtype); nothing is dropped."""
@@ -236,19 +251,19 @@ def _is_plain_name(text: str) -> bool:
     return bool(text) and text not in (".", "..") and not any(c in text for c in "/\\:\0")
 
 
-def _resolve(source: Source, models_dir: Optional[Union[str, os.PathLike]], token: Optional[str]
-             ) -> Tuple[Optional[Path], Optional[Variant]]:
+def _resolve(source: Source, models_dir: Optional[Union[str, os.PathLike]], token: Optional[str],
+             progress: hub.Progress = True) -> Tuple[Optional[Path], Optional[Variant]]:
     """The weights file for ``source`` and the registry entry it was asked for by (if any)."""
     folder = Path(models_dir).expanduser() if models_dir is not None else default_models_dir()
     if isinstance(source, Variant):
-        return hub.download(source, folder, token=token), source
+        return hub.download(source, folder, token=token, progress=progress), source
     if isinstance(source, os.PathLike):
         path = Path(source).expanduser()
     elif isinstance(source, str):
         text = source.strip()
         variant = find_variant(text)
         if variant is not None:
-            return hub.download(variant, folder, token=token), variant
+            return hub.download(variant, folder, token=token, progress=progress), variant
         relative = not os.path.isabs(os.path.expanduser(text))
         if relative and ".." in text.replace("\\", "/").split("/"):
             raise ValueError(f"refusing model source {text!r}: '..' in a name or relative path could leave the "
@@ -264,7 +279,7 @@ def _resolve(source: Source, models_dir: Optional[Union[str, os.PathLike]], toke
         elif has_suffix:
             path = Path(text).expanduser()
         elif hub.is_repo_id(text):
-            return hub.download(text, folder, token=token), None
+            return hub.download(text, folder, token=token, progress=progress), None
         else:
             raise ValueError(f"refusing model name {text!r}: a name may not contain path separators; it is looked "
                              f"up inside the models folder {folder}; pass a pathlib.Path to load a file elsewhere")
@@ -277,7 +292,8 @@ def _resolve(source: Source, models_dir: Optional[Union[str, os.PathLike]], toke
 
 def load_model(source: Source, *, device: Union[None, str, torch.device] = None,
                dtype: Union[None, str, torch.dtype] = None, patch_order: Union[None, str, PatchOrder] = None,
-               models_dir: Optional[Union[str, os.PathLike]] = None, token: Optional[str] = None) -> BiRefNet:
+               models_dir: Optional[Union[str, os.PathLike]] = None, token: Optional[str] = None,
+               progress: hub.Progress = True) -> BiRefNet:
     """A BiRefNet with loaded weights, in eval mode, on ``device`` in ``dtype``.
 
     ``source``:
@@ -299,6 +315,7 @@ def load_model(source: Source, *, device: Union[None, str, torch.device] = None,
     ``patch_order``: "legacy"/"current", or None/"auto" for the registry entry's order (also for a
     file named after a registry entry), else legacy. ``models_dir``: default
     ``$BIREFNET_MODELS_DIR``, else ``~/.cache/birefnet``. ``token``: Hub token for gated repos.
+    ``progress``: download progress (see :func:`birefnet_core.hub.download`).
 
     The model gets ``model.variant`` (the registry entry or None) and ``model.source`` (str).
     """
@@ -309,7 +326,7 @@ def load_model(source: Source, *, device: Union[None, str, torch.device] = None,
     if in_memory:
         path, variant, sd = None, None, normalise_state_dict(source)
     else:
-        path, variant = _resolve(source, models_dir, token)
+        path, variant = _resolve(source, models_dir, token, progress)
         sd = normalise_state_dict(read_state_dict(path))
     backbone = detect_backbone(sd)
     if variant is not None and variant.backbone != backbone:
@@ -349,5 +366,5 @@ def _choose_patch_order(requested: Union[None, str, PatchOrder], variant: Option
                                "2024-11-05 change; pass patch_order='current' for newer ones")
 
 
-__all__ = ["MODELS_DIR_ENV", "WEIGHTS_SUFFIXES", "default_device", "default_models_dir", "detect_backbone",
+__all__ = ["MODELS_DIR_ENV", "WEIGHTS_SUFFIXES", "default_device", "default_models_dir", "detect_backbone", "peek_backbone",
            "load_model", "load_state_dict_into", "normalise_state_dict", "read_state_dict"]

@@ -22,7 +22,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import NamedTuple, Optional, Union
+from typing import Callable, NamedTuple, Optional, Union
 
 from .registry import Variant, find_variant
 
@@ -74,15 +74,19 @@ def local_path(source: Union[Variant, str], folder: Union[str, Path]) -> Path:
     return Path(folder).expanduser() / f"{hub_file(source).name}.safetensors"
 
 
+Progress = Union[bool, Callable[[int, int], None]]
+
+
 def download(source: Union[Variant, str], folder: Union[str, Path], *, token: Optional[str] = None,
-             progress: bool = True, cache_dir: Optional[Union[str, Path]] = None) -> Path:
+             progress: Progress = True, cache_dir: Optional[Union[str, Path]] = None) -> Path:
     """Make sure the weights of ``source`` (a :class:`Variant`, registry name or repo id) are in
     ``folder`` and return their path, ``<folder>/<name>.safetensors``.
 
     A file already there is returned without touching the network. ``token`` (default: the
     ``HF_TOKEN`` environment variable / saved login) is needed for gated repositories such as
     RMBG-2.0. ``cache_dir`` is the Hugging Face cache searched before downloading (default: the
-    standard one). Raises :class:`ModelNotAvailableError` (:class:`ModelAccessError` for 401/403).
+    standard one). ``progress``: True for huggingface_hub's console bar, False for none, or a
+    callback ``progress(bytes_done, bytes_total)``. Raises :class:`ModelNotAvailableError` (:class:`ModelAccessError` for 401/403).
     """
     target = hub_file(source)
     folder = Path(folder).expanduser()
@@ -105,7 +109,7 @@ def download(source: Union[Variant, str], folder: Union[str, Path], *, token: Op
     try:
         folder.mkdir(parents=True, exist_ok=True)
         got = Path(hf_hub_download(target.repo_id, target.filename, local_dir=staging, token=token,
-                                   tqdm_class=None if progress else _silent_tqdm()))
+                                   tqdm_class=_tqdm_class(progress)))
     except Exception as err:
         _clean_staging(staging, keep_partial=True)
         raise _explain(err, target, folder) from err
@@ -139,16 +143,27 @@ def _clean_staging(staging: Path, *, keep_partial: bool) -> None:
         pass
 
 
-def _silent_tqdm() -> type:
+def _tqdm_class(progress: Progress) -> Optional[type]:
+    """huggingface_hub's ``tqdm_class`` for a ``progress`` argument (None: its default bar)."""
+    if progress is True:
+        return None
     from tqdm.auto import tqdm
 
-    class Silent(tqdm):  # type: ignore[misc, valid-type]
+    callback = progress if callable(progress) else None
+
+    class Reporting(tqdm):  # type: ignore[misc, valid-type]
         def __init__(self, *args, **kwargs) -> None:
-            kwargs["disable"] = True
+            kwargs["disable"] = callback is None
             kwargs.pop("name", None)
             super().__init__(*args, **kwargs)
 
-    return Silent
+        def update(self, n=1):
+            shown = super().update(n)
+            if callback is not None:
+                callback(int(self.n), int(self.total or 0))
+            return shown
+
+    return Reporting
 
 
 def _explain(err: BaseException, target: HubFile, folder: Path) -> ModelNotAvailableError:

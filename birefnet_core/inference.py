@@ -167,6 +167,20 @@ class Predictor:
         self.model = model.eval().to(dtype=self.dtype)
         self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
+        self._warned_memory = False
+
+    def _probabilities(self, chunk: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """Probabilities [n, h, w] float32 for one chunk already on the device."""
+        logits = self.model(self.preprocess(to_unit_float(chunk)))
+        probs = logits.float().sigmoid()
+        if tuple(probs.shape[-2:]) != (h, w):
+            probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False,
+                                  antialias=probs.shape[-2] > h or probs.shape[-1] > w)
+        return probs[:, 0].clamp_(0.0, 1.0)
+
+    def _release_device_memory(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """float [B, 3, H, W] in 0..1 on the model's device -> normalised network input."""
@@ -181,8 +195,10 @@ class Predictor:
                 out: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Probabilities [B, H, W] float32 in 0..1 at the input size, on the input's device.
 
-        ``progress(done, total)`` is called after every chunk (and may raise to cancel);
-        ``out`` is an optional preallocated [B, H, W] float32 tensor to write into.
+        ``progress(done, total)`` is called after every chunk (and may raise to cancel: what was
+        written to ``out`` so far stays, nothing else changes); ``out`` is an optional
+        preallocated [B, H, W] float32 tensor to write into. When the device runs out of memory
+        the chunk is halved and retried (logged once); at one image per chunk the error is raised.
         """
         images = as_images(images)
         b, _, h, w = images.shape
@@ -192,17 +208,26 @@ class Predictor:
             out = torch.empty(b, h, w, dtype=torch.float32, device=images.device)
         elif tuple(out.shape) != (b, h, w) or out.dtype != torch.float32:
             raise ValueError(f"out must be float32 [{b}, {h}, {w}], got {out.dtype} {list(out.shape)}")
-        for start in range(0, b, self.batch_size):
+        size, start = self.batch_size, 0
+        while start < b:
             # one chunk at a time on the device: host memory never holds a converted copy of the batch
-            chunk = images[start:start + self.batch_size].to(self.device, non_blocking=True)
+            chunk = images[start:start + size].to(self.device, non_blocking=True)
             if chunk.is_floating_point() and not bool(torch.isfinite(chunk).all()):
                 raise ValueError(f"images {start}..{start + len(chunk) - 1} contain NaN or infinite values")
-            logits = self.model(self.preprocess(to_unit_float(chunk)))
-            probs = logits.float().sigmoid()
-            if tuple(probs.shape[-2:]) != (h, w):
-                probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False,
-                                      antialias=probs.shape[-2] > h or probs.shape[-1] > w)
-            out[start:start + len(chunk)] = probs[:, 0].clamp_(0.0, 1.0).to(out.device)
+            try:
+                probs = self._probabilities(chunk, h, w)
+            except torch.OutOfMemoryError:
+                del chunk
+                if size == 1:
+                    raise
+                size = max(1, size // 2)
+                self._release_device_memory()
+                if not self._warned_memory:
+                    logger.warning("out of memory on %s: continuing with %d image(s) per chunk", self.device, size)
+                    self._warned_memory = True
+                continue
+            out[start:start + len(probs)] = probs.to(out.device)
+            start += len(probs)
             if progress is not None:
-                progress(min(start + self.batch_size, b), b)
+                progress(start, b)
         return out

@@ -1,10 +1,22 @@
-"""ComfyUI node classes, one module per node family (loader, segment, matte, video).
+"""ComfyUI node classes, one module per node family (loader, segment; matte and video follow).
 
-Each module adds its classes to the two mappings below. ``nodes/comfy.py`` will be the only
-module that imports ComfyUI, with a plain-PyTorch fallback so the classes also run outside it.
+``nodes/comfy.py`` is the only module that imports ComfyUI, with a plain-PyTorch fallback so the
+classes also run outside it (tests, scripts).
 """
 
 from typing import Dict
 
-NODE_CLASS_MAPPINGS: Dict[str, type] = {}
-NODE_DISPLAY_NAME_MAPPINGS: Dict[str, str] = {}
+from .comfy import register_model_folder
+from .loader import BiRefNetLoader
+from .segment import BiRefNetSegment
+
+register_model_folder()
+
+NODE_CLASS_MAPPINGS: Dict[str, type] = {
+    "BiRefNetLoader": BiRefNetLoader,
+    "BiRefNetSegment": BiRefNetSegment,
+}
+NODE_DISPLAY_NAME_MAPPINGS: Dict[str, str] = {
+    "BiRefNetLoader": "Load BiRefNet Model",
+    "BiRefNetSegment": "BiRefNet Segment",
+}

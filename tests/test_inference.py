@@ -130,3 +130,31 @@ def test_as_images_is_a_view():
     view = as_images(x)
     assert view.data_ptr() == x.data_ptr()
     torch.testing.assert_close(view, x.permute(0, 3, 1, 2), atol=0, rtol=0)
+
+
+class RunsOutOfMemoryAbove(torch.nn.Module):
+    """The real network, behind a device that 'runs out of memory' for batches above ``limit``."""
+
+    def __init__(self, model, limit):
+        super().__init__()
+        self.model, self.limit, self.batches = model, limit, []
+
+    def forward(self, x):
+        self.batches.append(len(x))
+        if len(x) > self.limit:
+            raise torch.OutOfMemoryError("simulated: CUDA out of memory")
+        return self.model(x)
+
+
+def test_out_of_memory_halves_the_chunk_and_reports_once(caplog):
+    model = tiny_model()
+    images = torch.rand(7, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    want = Predictor(model, resolution=64, batch_size=7).predict(images)
+    flaky = RunsOutOfMemoryAbove(model, limit=2)
+    with caplog.at_level(logging.WARNING):
+        got = Predictor(flaky, resolution=64, batch_size=8).predict(images)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert flaky.batches == [7, 4, 2, 2, 2, 1]
+    assert caplog.text.count("out of memory") == 1
+    with pytest.raises(torch.OutOfMemoryError):
+        Predictor(RunsOutOfMemoryAbove(model, limit=0), resolution=64, batch_size=2).predict(images)

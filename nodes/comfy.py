@@ -1,0 +1,186 @@
+"""The only module of the pack that touches ComfyUI.
+
+Inside ComfyUI it uses ``folder_paths`` (the ``birefnet`` model folder, ``extra_model_paths.yaml``),
+``comfy.model_management`` (devices, memory, interruption), ``comfy.model_patcher.ModelPatcher``
+(so "Unload models" frees the model and other models can evict it), ``comfy.utils.ProgressBar``
+and the server's messages to the frontend. Without ComfyUI (tests, scripts) the same functions
+fall back to plain PyTorch: the device from torch, the models folder from ``BIREFNET_MODELS_DIR``
+(or the core's default), a console progress bar.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import torch
+
+from ..birefnet_core.checkpoint import WEIGHTS_SUFFIXES, default_device, default_models_dir
+from ..birefnet_core.progress import ConsoleProgress
+
+logger = logging.getLogger(__name__)
+
+try:  # ComfyUI is importable only inside a running ComfyUI (or its test set-up)
+    import comfy.model_management as model_management
+    import comfy.model_patcher
+    import comfy.utils
+    import folder_paths
+
+    IN_COMFYUI = True
+except ImportError:
+    IN_COMFYUI = False
+
+MODEL_FOLDER = "birefnet"  # folder_paths key; default <ComfyUI>/models/birefnet
+BUILTIN_FOLDER = "background_removal"  # ComfyUI's own background-removal models
+
+
+def register_model_folder() -> None:
+    """Make ``birefnet`` a model folder, keeping paths users added in extra_model_paths.yaml."""
+    if not IN_COMFYUI:
+        return
+    default = os.path.join(folder_paths.models_dir, MODEL_FOLDER)
+    paths, extensions = folder_paths.folder_names_and_paths.get(MODEL_FOLDER, ([], set()))
+    paths = list(paths) + ([default] if default not in paths else [])
+    folder_paths.folder_names_and_paths[MODEL_FOLDER] = (paths, set(extensions) | set(WEIGHTS_SUFFIXES))
+
+
+def model_folders(key: str = MODEL_FOLDER) -> List[Path]:
+    """The folders of a model folder key, the writable default first where ComfyUI says so."""
+    if IN_COMFYUI:
+        if key not in folder_paths.folder_names_and_paths:
+            return []
+        return [Path(p) for p in folder_paths.get_folder_paths(key)]
+    if key != MODEL_FOLDER:
+        return []
+    return [Path(os.environ["BIREFNET_MODELS_DIR"]) if os.environ.get("BIREFNET_MODELS_DIR") else default_models_dir()]
+
+
+def list_model_files(key: str = MODEL_FOLDER) -> List[str]:
+    """Weights files in a model folder key, as names relative to their folder."""
+    if IN_COMFYUI:
+        if key not in folder_paths.folder_names_and_paths:
+            return []
+        return [n for n in folder_paths.get_filename_list(key) if n.lower().endswith(WEIGHTS_SUFFIXES)]
+    names = []
+    for folder in model_folders(key):
+        if folder.is_dir():
+            names += sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                            if p.is_file() and p.suffix.lower() in WEIGHTS_SUFFIXES and ".download" not in p.parts)
+    return names
+
+
+def model_file(key: str, name: str) -> Optional[Path]:
+    """The file called ``name`` in a model folder key, or None. Names never leave the folders:
+    absolute names and names with '..' are refused."""
+    parts = Path(name.replace("\\", "/")).parts
+    if not name or Path(name).is_absolute() or ".." in parts or name.startswith(("/", "\\")):
+        raise ValueError(f"model name {name!r} is not a file name inside the {key} model folder")
+    for folder in model_folders(key):
+        candidate = folder / name
+        if candidate.is_file() and candidate.resolve().is_relative_to(folder.resolve()):
+            return candidate
+    return None
+
+
+def device_choices() -> List[str]:
+    """"auto", "cpu" and every accelerator torch sees."""
+    choices = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        choices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        choices.append("mps")
+    if hasattr(torch, "xpu") and torch.xpu.is_available():
+        choices += [f"xpu:{i}" for i in range(torch.xpu.device_count())]
+    return choices
+
+
+def torch_device(choice: str) -> torch.device:
+    """The device for a ``device`` widget value; a device that is not present is an error."""
+    if choice == "auto":
+        return model_management.get_torch_device() if IN_COMFYUI else default_device()
+    if choice not in device_choices():
+        raise ValueError(f"device {choice!r} is not available on this machine; choose one of "
+                         f"{', '.join(device_choices())}")
+    return torch.device(choice)
+
+
+def offload_device() -> torch.device:
+    return model_management.unet_offload_device() if IN_COMFYUI else torch.device("cpu")
+
+
+def intermediate_device() -> torch.device:
+    """Where node outputs live (CPU unless ComfyUI runs with --gpu-only)."""
+    return model_management.intermediate_device() if IN_COMFYUI else torch.device("cpu")
+
+
+def free_cached_memory() -> None:
+    if IN_COMFYUI:
+        model_management.soft_empty_cache()
+    elif torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class ManagedModel:
+    """A loaded BiRefNet under ComfyUI's memory management (the ``BIREFNET_MODEL`` type).
+
+    ``ready()`` returns the network on its device, loading it there first if ComfyUI (or
+    "Unload models") had moved it away.
+    """
+
+    def __init__(self, model: torch.nn.Module, device: torch.device) -> None:
+        self.device = device
+        self.variant = getattr(model, "variant", None)
+        self.source = getattr(model, "source", "")
+        self.dtype = next(model.parameters()).dtype
+        if IN_COMFYUI:
+            model = model.to(offload_device())
+            self.patcher = comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=offload_device())
+        else:
+            self.patcher = None
+        self._model = model
+
+    def ready(self) -> torch.nn.Module:
+        if self.patcher is not None:
+            # whole-model loading: the network is plain torch, it cannot run partially offloaded
+            model_management.load_models_gpu([self.patcher], force_full_load=True)
+            return self.patcher.model
+        return self._model.to(self.device)
+
+    def __repr__(self) -> str:
+        return f"BiRefNet({self.source}, {self.device}, {self.dtype})"
+
+
+def progress_reporter(total: int, description: str = "BiRefNet") -> Callable[[int, int], None]:
+    """A ``progress(done, total)`` callback: ComfyUI's progress bar (which also raises when the
+    user cancels), or a console bar outside ComfyUI."""
+    if IN_COMFYUI:
+        bar = comfy.utils.ProgressBar(total)
+
+        def report(done: int, _total: int) -> None:
+            model_management.throw_exception_if_processing_interrupted()
+            bar.update_absolute(done, total)
+
+        return report
+    console = ConsoleProgress(total, description)
+
+    def report_console(done: int, _total: int) -> None:
+        console.update(done - console.done)
+        if done >= total:
+            console.close()
+
+    return report_console
+
+
+def send_to_frontend(event: str, data: dict) -> None:
+    """A message to the browser (the web extension listens for ``birefnet.*`` events)."""
+    if not IN_COMFYUI:
+        return
+    try:
+        from server import PromptServer
+
+        if PromptServer.instance is not None:
+            PromptServer.instance.send_sync(event, data)
+    except Exception as exc:  # the frontend is optional: never fail a run over a message
+        logger.debug("could not send %s to the frontend: %s", event, exc)

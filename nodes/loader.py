@@ -1,0 +1,138 @@
+"""``BiRefNetLoader``: a checkpoint from the model folders (or the registry, downloaded on run)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+from ..birefnet_core.checkpoint import load_model, peek_backbone
+from ..birefnet_core.hub import download, local_path
+from ..birefnet_core.registry import VARIANTS, find_variant
+from . import comfy
+
+logger = logging.getLogger(__name__)
+
+DOWNLOAD_MARK = " (download)"
+BUILTIN_PREFIX = comfy.BUILTIN_FOLDER + "/"
+
+
+def _downloaded(name: str) -> Optional[Path]:
+    for folder in comfy.model_folders():
+        path = local_path(name, folder)
+        if path.is_file():
+            return path
+    return None
+
+
+def model_choices() -> List[str]:
+    """Checkpoints in the ``birefnet`` folders, BiRefNet checkpoints in ComfyUI's
+    ``background_removal`` folder, then registry models not on disk yet (downloaded on run)."""
+    choices = comfy.list_model_files()
+    for name in comfy.list_model_files(comfy.BUILTIN_FOLDER):
+        path = comfy.model_file(comfy.BUILTIN_FOLDER, name)
+        if path is not None and peek_backbone(path) is not None:
+            choices.append(BUILTIN_PREFIX + name)
+    choices += [v.name + DOWNLOAD_MARK for v in VARIANTS if _downloaded(v.name) is None]
+    return choices
+
+
+def resolve_choice(choice: str, progress=None) -> Tuple[Path, Optional[object]]:
+    """The weights file for a ``model`` widget value (downloading a registry model if needed) and
+    the registry entry it names, if any. Values saved before a download still resolve after it."""
+    name = choice[: -len(DOWNLOAD_MARK)] if choice.endswith(DOWNLOAD_MARK) else choice
+    if name.startswith(BUILTIN_PREFIX):
+        path = comfy.model_file(comfy.BUILTIN_FOLDER, name[len(BUILTIN_PREFIX):])
+        if path is None:
+            raise FileNotFoundError(f"{name[len(BUILTIN_PREFIX):]} is not in ComfyUI's {comfy.BUILTIN_FOLDER} folder")
+        return path, None
+    path = comfy.model_file(comfy.MODEL_FOLDER, name)
+    variant = find_variant(Path(name).stem) if name.lower().endswith(".safetensors") else find_variant(name)
+    if path is not None:
+        return path, variant
+    if variant is None:
+        folders = ", ".join(str(f) for f in comfy.model_folders())
+        raise FileNotFoundError(f"model {name!r} is neither in the birefnet model folder ({folders}) nor a known "
+                                "BiRefNet model name")
+    existing = _downloaded(variant.name)
+    if existing is not None:
+        return existing, variant
+    folders = comfy.model_folders()
+    if not folders:
+        raise FileNotFoundError("no birefnet model folder is configured")
+    return download(variant, folders[0], progress=progress), variant
+
+
+class BiRefNetLoader:
+    DESCRIPTION = (
+        "Loads a BiRefNet checkpoint: any file in models/birefnet (or the folders extra_model_paths.yaml "
+        "adds), BiRefNet files in ComfyUI's background_removal folder, or a released model, downloaded into "
+        "models/birefnet the first time it runs. The backbone is read from the weights. The model is managed "
+        "by ComfyUI: 'Unload models' frees it."
+    )
+    CATEGORY = "BiRefNet"
+    RETURN_TYPES = ("BIREFNET_MODEL",)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The loaded BiRefNet, for BiRefNet Segment and the other BiRefNet nodes.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        choices = model_choices()
+        return {
+            "required": {
+                "model": (choices, {
+                    "default": choices[0] if choices else "BiRefNet_lite" + DOWNLOAD_MARK,
+                    "tooltip": "Checkpoint to load. Names ending in '(download)' are released models not on disk "
+                               "yet: they are downloaded into models/birefnet when the node runs. BiRefNet_lite is "
+                               "fast; BiRefNet is the general model; -matting and -portrait give soft hair edges; "
+                               "RMBG-2.0 is non-commercial and needs a Hugging Face token.",
+                }),
+                "device": (comfy.device_choices(), {
+                    "default": "auto",
+                    "tooltip": "Where the model runs. auto: ComfyUI's device (the GPU when there is one).",
+                }),
+                "dtype": (["auto", "float32", "float16", "bfloat16"], {
+                    "default": "auto",
+                    "tooltip": "Precision. auto: bfloat16 on GPUs that support it, else float16; float32 on CPU and "
+                               "Apple MPS. Half precision halves the memory with no visible change to masks.",
+                }),
+                "patch_order": (["auto", "legacy", "current"], {
+                    "default": "auto",
+                    "tooltip": "How the image patches are fed to the decoder. auto: what the checkpoint was trained "
+                               "with, as best known (legacy for models released before November 2024). Change it "
+                               "only if masks of a custom checkpoint look wrong.",
+                }),
+            }
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, model, **_):
+        # any saved value that resolves is valid: a model chosen as "X (download)" is listed as
+        # "X.safetensors" once downloaded, and workflows saved before must keep working
+        name = model[: -len(DOWNLOAD_MARK)] if model.endswith(DOWNLOAD_MARK) else model
+        try:
+            if name.startswith(BUILTIN_PREFIX):
+                comfy.model_file(comfy.BUILTIN_FOLDER, name[len(BUILTIN_PREFIX):])
+            else:
+                comfy.model_file(comfy.MODEL_FOLDER, name)
+        except ValueError as exc:
+            return str(exc)
+        return True
+
+    def load(self, model: str, device: str, dtype: str, patch_order: str):
+        target = comfy.torch_device(device)
+        node_progress = comfy.progress_reporter(100, "download")
+
+        def progress(done: int, total: int) -> None:
+            if total:
+                node_progress(int(100 * done / total), 100)
+            comfy.send_to_frontend("birefnet.download", {"model": model, "done": done, "total": total})
+
+        path, variant = resolve_choice(model, progress=progress)
+        network = load_model(path, device=target, dtype=dtype, patch_order=patch_order)
+        if network.variant is None and variant is not None:
+            network.variant = variant
+        logger.info("BiRefNet %s loaded from %s on %s (%s, patch order %s)", network.config.backbone, path, target,
+                    next(network.parameters()).dtype, network.patch_order.value)
+        return (comfy.ManagedModel(network, target),)

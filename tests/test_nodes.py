@@ -1,0 +1,222 @@
+"""The ComfyUI nodes, called directly on real tensors through the standalone fallback."""
+
+import inspect
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from reference import load_make_weights
+
+make_weights = load_make_weights()
+WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN")
+
+
+@pytest.fixture(scope="module")
+def nodes(pack):
+    return pack.NODE_CLASS_MAPPINGS
+
+
+@pytest.fixture(scope="module")
+def core(pack):
+    """The pack's own copy of the core (the nodes import it package-relatively)."""
+    return pack.birefnet_core
+
+
+@pytest.fixture
+def models_dir(tmp_path, monkeypatch):
+    folder = tmp_path / "birefnet"
+    folder.mkdir()
+    monkeypatch.setenv("BIREFNET_MODELS_DIR", str(folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(core, tmp_path_factory):
+    model = core.build_model("pvt_v2_b0")
+    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
+    save_file(make_weights(model.state_dict(), seed=0), path)
+    return path
+
+
+def place(weights: Path, folder: Path, name: str = "tiny.safetensors") -> str:
+    (folder / name).write_bytes(weights.read_bytes())
+    return name
+
+
+def images(batch=2, h=50, w=70, channels=3, seed=0):
+    return torch.rand(batch, h, w, channels, generator=torch.Generator().manual_seed(seed))
+
+
+SEGMENT_DEFAULTS = dict(resolution="custom", width=64, height=64, long_side=64, batch_size=2, mask_threshold=0.0,
+                        background="transparent", background_color="#ffffff")
+
+
+@pytest.mark.parametrize("name", ["BiRefNetLoader", "BiRefNetSegment"])
+def test_node_contract(nodes, pack, name):
+    cls = nodes[name]
+    assert cls.CATEGORY == "BiRefNet" and cls.DESCRIPTION
+    assert name in pack.NODE_DISPLAY_NAME_MAPPINGS
+    inputs = cls.INPUT_TYPES()
+    declared = {**inputs["required"], **inputs.get("optional", {})}
+    signature = inspect.signature(getattr(cls, cls.FUNCTION))
+    assert list(signature.parameters)[1:] == list(declared)  # same names, same order as the widgets
+    for input_name, (kind, options) in declared.items():
+        assert options.get("tooltip"), f"{name}.{input_name} has no tooltip"
+        if isinstance(kind, list):
+            assert options["default"] in kind or name == "BiRefNetLoader"
+        elif kind in ("INT", "FLOAT"):
+            assert options["min"] <= options["default"] <= options["max"]
+    assert len(cls.RETURN_TYPES) == len(cls.RETURN_NAMES) == len(cls.OUTPUT_TOOLTIPS)
+
+
+def test_widget_names_and_order_are_stable(nodes):
+    """Saved workflows store widget values by position: this order is part of the interface."""
+    assert list(nodes["BiRefNetLoader"].INPUT_TYPES()["required"]) == ["model", "device", "dtype", "patch_order"]
+    assert list(nodes["BiRefNetSegment"].INPUT_TYPES()["required"]) == [
+        "model", "image", "resolution", "width", "height", "long_side", "batch_size", "mask_threshold",
+        "background", "background_color"]
+
+
+def test_loader_and_segment_on_a_checkpoint_in_the_model_folder(nodes, core, models_dir, tiny_weights):
+    name = place(tiny_weights, models_dir)
+    choices = nodes["BiRefNetLoader"].INPUT_TYPES()["required"]["model"][0]
+    assert choices[0] == name and "BiRefNet_lite (download)" in choices
+    (model,) = nodes["BiRefNetLoader"]().load(name, "cpu", "float32", "auto")
+    batch = images()
+    mask, cutout, composite = nodes["BiRefNetSegment"]().segment(model, batch, **SEGMENT_DEFAULTS)
+    assert mask.shape == (2, 50, 70) and mask.dtype == torch.float32 and mask.device.type == "cpu"
+    assert cutout.shape == (2, 50, 70, 4) and composite.shape == (2, 50, 70, 3)
+    assert 0 <= mask.min() and mask.max() <= 1 and mask.std() > 0
+    torch.testing.assert_close(cutout[..., 3], mask)
+    torch.testing.assert_close(cutout[..., :3], batch)
+    a = mask.unsqueeze(-1)
+    torch.testing.assert_close(composite, batch * a + (1 - a), atol=1e-6, rtol=1e-6)
+    # the node's mask is the core Predictor's
+    want = core.Predictor(model.ready(), resolution=64).predict(batch.movedim(-1, 1))
+    torch.testing.assert_close(mask, want)
+
+
+def test_segment_options(nodes, models_dir, tiny_weights):
+    (model,) = nodes["BiRefNetLoader"]().load(place(tiny_weights, models_dir), "auto", "auto", "legacy")
+    batch = images(batch=3)
+    seen = []
+    hook = model.ready().register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape)))
+    segment = nodes["BiRefNetSegment"]()
+    soft, _, _ = segment.segment(model, batch, **SEGMENT_DEFAULTS)
+    assert seen == [(2, 3, 64, 64), (1, 3, 64, 64)]  # chunks of batch_size
+    seen.clear()
+    options = {**SEGMENT_DEFAULTS, "resolution": "keep_aspect", "long_side": 96, "batch_size": 4}
+    segment.segment(model, batch, **options)
+    assert seen == [(3, 3, 64, 96)]
+    hook.remove()
+    hard, cutout, composite = segment.segment(model, batch, **{**SEGMENT_DEFAULTS, "mask_threshold": 0.5,
+                                                               "background": "color",
+                                                               "background_color": "#ff0000"})
+    assert set(hard.unique().tolist()) <= {0.0, 1.0}
+    torch.testing.assert_close(hard, (soft >= 0.5).float())
+    red = torch.tensor([1.0, 0.0, 0.0])
+    outside = hard == 0
+    torch.testing.assert_close(composite[outside], red.expand(int(outside.sum()), 3))
+    torch.testing.assert_close(cutout[..., :3], composite)  # background = color fills the RGBA's colours
+    # a 4-channel IMAGE: the alpha channel is ignored
+    rgba_in = torch.cat([batch, torch.rand(3, 50, 70, 1)], dim=-1)
+    torch.testing.assert_close(segment.segment(model, rgba_in, **SEGMENT_DEFAULTS)[0], soft)
+
+
+def test_loader_downloads_a_registry_model_from_a_local_hub_cache(nodes, core, models_dir, tmp_path, monkeypatch):
+    """'BiRefNet_lite (download)' through the real hub code, from a Hugging Face cache made here
+    (offline: no network)."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    cache = tmp_path / "hf"
+    snapshot = cache / "models--ZhengPeng7--BiRefNet_lite" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (cache / "models--ZhengPeng7--BiRefNet_lite" / "refs").mkdir()
+    (cache / "models--ZhengPeng7--BiRefNet_lite" / "refs" / "main").write_text("0" * 40)
+    with torch.device("meta"):
+        shapes = core.build_model("swin_v1_t").state_dict()
+    save_file({k: torch.zeros(v.shape, dtype=v.dtype) for k, v in shapes.items()}, snapshot / "model.safetensors")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+
+    loader = nodes["BiRefNetLoader"]
+    assert loader.VALIDATE_INPUTS(model="BiRefNet_lite (download)") is True
+    (model,) = loader().load("BiRefNet_lite (download)", "cpu", "float32", "auto")
+    assert (models_dir / "BiRefNet_lite.safetensors").is_file()
+    assert model.variant.name == "BiRefNet_lite" and model.ready().patch_order.value == "legacy"
+    choices = loader.INPUT_TYPES()["required"]["model"][0]
+    assert "BiRefNet_lite.safetensors" in choices and "BiRefNet_lite (download)" not in choices
+    # a workflow saved before the download still loads
+    (again,) = loader().load("BiRefNet_lite (download)", "cpu", "float32", "auto")
+    assert again.source == str(models_dir / "BiRefNet_lite.safetensors")
+
+
+def test_offline_registry_model_gives_one_clear_error(nodes, core, models_dir, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    with pytest.raises(core.ModelNotAvailableError) as info:
+        nodes["BiRefNetLoader"]().load("BiRefNet (download)", "cpu", "auto", "auto")
+    message = str(info.value)
+    assert "\n" not in message
+    assert "https://huggingface.co/ZhengPeng7/BiRefNet/resolve/main/model.safetensors" in message
+    assert str(models_dir) in message and "BiRefNet.safetensors" in message
+
+
+@pytest.mark.parametrize("value", ["../tiny.safetensors", "sub/../../tiny.safetensors", "/etc/passwd",
+                                   "background_removal/../x.safetensors"])
+def test_model_names_never_leave_the_model_folders(nodes, models_dir, tiny_weights, value):
+    place(tiny_weights, models_dir.parent)  # a real file one level up: it must stay unreachable
+    assert isinstance(nodes["BiRefNetLoader"].VALIDATE_INPUTS(model=value), str)
+    with pytest.raises((ValueError, FileNotFoundError)):
+        nodes["BiRefNetLoader"]().load(value, "cpu", "auto", "auto")
+
+
+def test_loader_bad_inputs(nodes, models_dir, tiny_weights):
+    loader = nodes["BiRefNetLoader"]()
+    with pytest.raises(ValueError, match="device 'cuda:7' is not available"):
+        loader.load(place(tiny_weights, models_dir), "cuda:7", "auto", "auto")
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4, 4, 3, 3)},
+              models_dir / "sd.safetensors")
+    with pytest.raises(ValueError, match="Stable Diffusion"):
+        loader.load("sd.safetensors", "cpu", "auto", "auto")
+    with pytest.raises(FileNotFoundError, match="neither in the birefnet model folder"):
+        loader.load("missing.safetensors", "cpu", "auto", "auto")
+
+
+def test_segment_bad_inputs_and_cancel(nodes, pack, models_dir, tiny_weights, monkeypatch):
+    (model,) = nodes["BiRefNetLoader"]().load(place(tiny_weights, models_dir), "cpu", "auto", "auto")
+    segment = nodes["BiRefNetSegment"]()
+    with pytest.raises(ValueError, match="colour must be"):
+        segment.segment(model, images(), **{**SEGMENT_DEFAULTS, "background_color": "blueish"})
+    with pytest.raises(ValueError, match="ComfyUI IMAGE"):
+        segment.segment(model, torch.rand(2, 50, 70), **SEGMENT_DEFAULTS)
+
+    class Cancelled(Exception):
+        pass
+
+    def cancelling_reporter(total, description=""):
+        def report(done, _total):
+            if done >= 2:
+                raise Cancelled()
+        return report
+
+    monkeypatch.setattr(pack.nodes.comfy, "progress_reporter", cancelling_reporter)
+    with pytest.raises(Cancelled):
+        segment.segment(model, images(batch=5), **SEGMENT_DEFAULTS)
+
+
+def test_the_node_package_is_the_only_place_that_imports_comfyui():
+    root = Path(__file__).resolve().parents[1]
+    offenders = []
+    for path in list((root / "birefnet_core").rglob("*.py")) + list((root / "nodes").glob("*.py")):
+        if path.name == "comfy.py":
+            continue
+        text = path.read_text()
+        if any(f"import {m}" in text or f"from {m}" in text for m in ("comfy.", "folder_paths", "server")):
+            offenders.append(str(path.relative_to(root)))
+    assert offenders == []
