@@ -73,13 +73,14 @@ def list_model_files(key: str = MODEL_FOLDER) -> List[str]:
 
 def model_file(key: str, name: str) -> Optional[Path]:
     """The file called ``name`` in a model folder key, or None. Names never leave the folders:
-    absolute names and names with '..' are refused."""
+    absolute names and names with '..' are refused (a symbolic link the user put in a folder is
+    followed: that is the user's choice, not the name's)."""
     parts = Path(name.replace("\\", "/")).parts
     if not name or Path(name).is_absolute() or ".." in parts or name.startswith(("/", "\\")):
         raise ValueError(f"model name {name!r} is not a file name inside the {key} model folder")
     for folder in model_folders(key):
         candidate = folder / name
-        if candidate.is_file() and candidate.resolve().is_relative_to(folder.resolve()):
+        if candidate.is_file():
             return candidate
     return None
 
