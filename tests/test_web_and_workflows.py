@@ -1,0 +1,177 @@
+"""The frontend extension (web/) and the example workflows (example_workflows/).
+
+The JavaScript itself is tested by ``node --test`` (tests/js/); this module runs those tests, checks
+that the extension only imports what ComfyUI serves, and validates every example workflow against
+the pack's node classes and a few ComfyUI core nodes.
+"""
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+WEB = REPO / "web"
+WORKFLOWS = sorted((REPO / "example_workflows").glob("*.json"))
+NODE = shutil.which("node")
+needs_node = pytest.mark.skipif(NODE is None, reason="Node.js (`node`) is not on PATH: the web/ JavaScript tests need it")
+
+EXTENSION_IMPORTS = {"./birefnet_logic.js", "../../scripts/app.js", "../../scripts/api.js"}
+
+#: ComfyUI core nodes the example workflows may use: link inputs, widget names in order, output types
+CORE_NODES = {
+    "LoadImage": {"inputs": {}, "widgets": ["image", "upload"], "outputs": ["IMAGE", "MASK"]},
+    "SaveImage": {"inputs": {"images": "IMAGE"}, "widgets": ["filename_prefix"], "outputs": []},
+    "PreviewImage": {"inputs": {"images": "IMAGE"}, "widgets": [], "outputs": []},
+    "MaskToImage": {"inputs": {"mask": "MASK"}, "widgets": [], "outputs": ["IMAGE"]},
+}
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
+
+
+def _run(*args):
+    return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+# ---- web/ ----
+
+
+@needs_node
+def test_js_unit_tests_pass():
+    files = sorted(str(p.relative_to(REPO)) for p in (REPO / "tests" / "js").glob("*.test.mjs"))
+    assert files, "no tests/js/*.test.mjs"
+    # files listed explicitly: `node --test DIR` means different things in Node 20 and 22
+    result = _run(NODE, "--test", *files)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    assert re.search(r"^# fail 0$", result.stdout, re.M), result.stdout[-3000:]
+
+
+@needs_node
+@pytest.mark.parametrize("path", sorted(WEB.glob("*.js")), ids=lambda p: p.name)
+def test_web_js_parses(path):
+    result = _run(NODE, "--check", str(path))
+    assert result.returncode == 0, result.stderr
+
+
+def test_web_is_an_es_module_folder():
+    # Node reads web/*.js as ES modules thanks to this file; ComfyUI only serves/loads *.js from web/
+    assert json.loads((WEB / "package.json").read_text())["type"] == "module"
+    assert {p.name for p in WEB.glob("*.js")} == {"birefnet.js", "birefnet_logic.js"}
+
+
+def _imports(source):
+    static = re.findall(r"""^\s*(?:import|export)\b[^'"]*?\bfrom\s*['"]([^'"]+)['"]""", source, re.M)
+    bare = re.findall(r"""^\s*import\s*['"]([^'"]+)['"]""", source, re.M)
+    return static + bare
+
+
+def test_extension_imports_only_comfyui_and_the_logic_module():
+    source = (WEB / "birefnet.js").read_text()
+    assert set(_imports(source)) == EXTENSION_IMPORTS
+    assert not re.search(r"\bimport\s*\(|\brequire\s*\(", source), "no dynamic imports or require()"
+    assert len(re.findall(r"\bapp\.registerExtension\s*\(", source)) == 1
+    assert re.search(r"""["']birefnet\.pack["']""", source)
+
+
+def test_logic_module_is_pure():
+    source = (WEB / "birefnet_logic.js").read_text()
+    assert _imports(source) == []
+    assert not re.search(r"\b(document|window|app|api)\.", source)
+
+
+# ---- example workflows ----
+
+
+def _is_widget(spec):
+    kind = spec[0]
+    return isinstance(kind, (list, tuple)) or kind in WIDGET_TYPES
+
+
+def _node_spec(pack, node_type):
+    """(link inputs {name: type}, widget inputs [(name, spec)], output types) of a node type."""
+    if node_type in CORE_NODES:
+        core = CORE_NODES[node_type]
+        return core["inputs"], [(name, None) for name in core["widgets"]], core["outputs"]
+    cls = pack.NODE_CLASS_MAPPINGS[node_type]
+    required = cls.INPUT_TYPES()["required"]
+    links = {name: spec[0] for name, spec in required.items() if not _is_widget(spec)}
+    widgets = [(name, spec) for name, spec in required.items() if _is_widget(spec)]
+    return links, widgets, list(cls.RETURN_TYPES)
+
+
+def _check_widget(cls, name, spec, value):
+    kind, options = spec[0], (spec[1] if len(spec) > 1 else {})
+    where = f"{cls.__name__}.{name} = {value!r}"
+    if cls.__name__ == "BiRefNetLoader" and name == "model":
+        assert cls.VALIDATE_INPUTS(model=value) is True, where
+    elif isinstance(kind, (list, tuple)):
+        assert value in kind, f"{where}: not one of {list(kind)}"
+    elif kind == "INT":
+        assert isinstance(value, int) and not isinstance(value, bool), where
+    elif kind == "FLOAT":
+        assert isinstance(value, (int, float)) and not isinstance(value, bool), where
+    elif kind == "STRING":
+        assert isinstance(value, str), where
+    elif kind == "BOOLEAN":
+        assert isinstance(value, bool), where
+    if kind in ("INT", "FLOAT"):
+        assert options.get("min", value) <= value <= options.get("max", value), f"{where}: out of range"
+
+
+def test_there_are_example_workflows():
+    assert any(p.name == "birefnet_remove_background.json" for p in WORKFLOWS)
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_example_workflow_is_valid(pack, path):
+    workflow = json.loads(path.read_text())
+    for key in ("last_node_id", "last_link_id", "nodes", "links", "version"):
+        assert key in workflow, f"missing {key}"
+    assert workflow["version"] == 0.4
+
+    nodes = {}
+    for node in workflow["nodes"]:
+        for key in ("id", "type", "pos", "size", "flags", "order", "mode", "properties"):
+            assert key in node, f"node {node.get('id')} has no {key}"
+        assert node["id"] not in nodes, f"duplicate node id {node['id']}"
+        assert len(node["pos"]) == 2 and len(node["size"]) == 2
+        known = node["type"] in pack.NODE_CLASS_MAPPINGS or node["type"] in CORE_NODES
+        assert known, f"node {node['id']}: unknown type {node['type']} (add it to CORE_NODES if it is core)"
+        nodes[node["id"]] = node
+    assert workflow["last_node_id"] >= max(nodes)
+
+    for node in nodes.values():
+        links_in, widgets, outputs = _node_spec(pack, node["type"])
+        values = node.get("widgets_values", [])
+        names = [name for name, _ in widgets]
+        assert len(values) == len(names), f"{node['type']} widgets_values {values} for widgets {names}"
+        if node["type"] in pack.NODE_CLASS_MAPPINGS:
+            cls = pack.NODE_CLASS_MAPPINGS[node["type"]]
+            for (name, spec), value in zip(widgets, values):
+                _check_widget(cls, name, spec, value)
+        inputs = node.get("inputs", [])
+        assert {i["name"]: i["type"] for i in inputs if "widget" not in i} == links_in, (
+            f"{node['type']} link inputs"
+        )
+        assert all(i.get("link") is not None for i in inputs if "widget" not in i), f"{node['type']}: unconnected input"
+        assert [o["type"] for o in node.get("outputs", [])] == outputs, f"{node['type']} outputs"
+
+    link_ids = set()
+    for link in workflow["links"]:
+        link_id, origin, origin_slot, target, target_slot, kind = link
+        assert link_id not in link_ids, f"duplicate link {link_id}"
+        link_ids.add(link_id)
+        output = nodes[origin]["outputs"][origin_slot]
+        consumer = nodes[target]["inputs"][target_slot]
+        produced = _node_spec(pack, nodes[origin]["type"])[2][origin_slot]
+        consumed = _node_spec(pack, nodes[target]["type"])[0][consumer["name"]]
+        assert kind == produced == consumed == output["type"] == consumer["type"], f"link {link}"
+        assert link_id in (output.get("links") or []) and consumer["link"] == link_id, f"link {link} not on its slots"
+    assert workflow["last_link_id"] >= max(link_ids, default=0)
+    for node in nodes.values():
+        for slot in node.get("inputs", []):
+            assert slot.get("link") is None or slot["link"] in link_ids
+        for slot in node.get("outputs", []):
+            assert set(slot.get("links") or []) <= link_ids
