@@ -1,4 +1,4 @@
-"""ComfyUI node classes, one module per node family (loader, segment; matte and video follow).
+"""ComfyUI node classes, one module per node family (loader, segment, matte; video follows).
 
 ``nodes/comfy.py`` is the only module that imports ComfyUI, with a plain-PyTorch fallback so the
 classes also run outside it (tests, scripts).
@@ -8,6 +8,7 @@ from typing import Dict
 
 from .comfy import register_model_folder
 from .loader import BiRefNetLoader
+from .matte import BiRefNetMatteRefine
 from .segment import BiRefNetSegment
 
 register_model_folder()
@@ -15,8 +16,10 @@ register_model_folder()
 NODE_CLASS_MAPPINGS: Dict[str, type] = {
     "BiRefNetLoader": BiRefNetLoader,
     "BiRefNetSegment": BiRefNetSegment,
+    "BiRefNetMatteRefine": BiRefNetMatteRefine,
 }
 NODE_DISPLAY_NAME_MAPPINGS: Dict[str, str] = {
     "BiRefNetLoader": "Load BiRefNet Model",
     "BiRefNetSegment": "BiRefNet Segment",
+    "BiRefNetMatteRefine": "BiRefNet Matte Refine",
 }

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 
 from ..birefnet_core.inference import Predictor, Resolution
-from ..birefnet_core.matting import over_color, parse_color, rgba, threshold
+from ..birefnet_core.matting import FOREGROUND_METHODS, MatteOptions, over_color, parse_color, rgba, threshold
 from . import comfy
+from .matte import FOREGROUND_TOOLTIP, run_matte
 
 RESOLUTIONS = ["native", "custom", "keep_aspect"]
 BACKGROUNDS = ["transparent", "color"]
@@ -72,11 +73,14 @@ class BiRefNetSegment:
                                                 "tooltip": "Colour behind the subject in the composite output "
                                                            "(and in the RGBA output with background = color): "
                                                            "#rrggbb or r,g,b."}),
+                "foreground": (list(FOREGROUND_METHODS), {"default": "blur_fusion", "tooltip": FOREGROUND_TOOLTIP
+                                                          + " Used for the rgba and composite outputs."}),
             }
         }
 
     def segment(self, model: comfy.ManagedModel, image: torch.Tensor, resolution: str, width: int, height: int,
-                long_side: int, batch_size: int, mask_threshold: float, background: str, background_color: str):
+                long_side: int, batch_size: int, mask_threshold: float, background: str, background_color: str,
+                foreground: str = "blur_fusion"):
         if background not in BACKGROUNDS:
             raise ValueError(f"background must be one of {', '.join(BACKGROUNDS)}, got {background!r}")
         parse_color(background_color)  # a bad colour fails before the model runs
@@ -91,6 +95,9 @@ class BiRefNetSegment:
         out = torch.empty(pixels.shape[0], *pixels.shape[2:], dtype=torch.float32)  # CPU, written per chunk
         alpha = threshold(predictor.predict(pixels, progress=report, out=out), mask_threshold)
         comfy.free_cached_memory()
+        if foreground != "none":  # true foreground colours in the soft edges, on the model's device
+            pixels, _ = run_matte(pixels, alpha, MatteOptions(foreground=foreground), batch_size, model.device,
+                                  "foreground")
 
         target = comfy.intermediate_device()
         cutout = rgba(pixels, alpha, fill=background_color if background == "color" else None)

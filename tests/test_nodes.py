@@ -50,10 +50,10 @@ def images(batch=2, h=50, w=70, channels=3, seed=0):
 
 
 SEGMENT_DEFAULTS = dict(resolution="custom", width=64, height=64, long_side=64, batch_size=2, mask_threshold=0.0,
-                        background="transparent", background_color="#ffffff")
+                        background="transparent", background_color="#ffffff", foreground="none")
 
 
-@pytest.mark.parametrize("name", ["BiRefNetLoader", "BiRefNetSegment"])
+@pytest.mark.parametrize("name", ["BiRefNetLoader", "BiRefNetSegment", "BiRefNetMatteRefine"])
 def test_node_contract(nodes, pack, name):
     cls = nodes[name]
     assert cls.CATEGORY == "BiRefNet" and cls.DESCRIPTION
@@ -76,7 +76,7 @@ def test_widget_names_and_order_are_stable(nodes):
     assert list(nodes["BiRefNetLoader"].INPUT_TYPES()["required"]) == ["model", "device", "dtype", "patch_order"]
     assert list(nodes["BiRefNetSegment"].INPUT_TYPES()["required"]) == [
         "model", "image", "resolution", "width", "height", "long_side", "batch_size", "mask_threshold",
-        "background", "background_color"]
+        "background", "background_color", "foreground"]
 
 
 def test_loader_and_segment_on_a_checkpoint_in_the_model_folder(nodes, core, models_dir, tiny_weights):
@@ -220,3 +220,72 @@ def test_the_node_package_is_the_only_place_that_imports_comfyui():
         if any(f"import {m}" in text or f"from {m}" in text for m in ("comfy.", "folder_paths", "server")):
             offenders.append(str(path.relative_to(root)))
     assert offenders == []
+
+
+MATTE_NEUTRAL = dict(foreground="none", fg_radius_large=90, fg_radius_small=6, alpha_refine="none", guided_radius=0,
+                     guided_eps=1e-4, black_point=0.0, white_point=1.0, grow=0, feather=0.0, fill_holes=False,
+                     invert=False, background_color="#ffffff", batch_size=2)
+
+
+def soft_disc(batch=2, h=40, w=60):
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    distance = ((yy - h / 2) ** 2 + (xx - w / 2) ** 2).sqrt()
+    return (12 - distance).clamp(0, 4).div(4).expand(batch, h, w).clone()
+
+
+def test_matte_refine_node(nodes, core):
+    refine = nodes["BiRefNetMatteRefine"]().refine
+    image, mask = images(batch=2, h=40, w=60), soft_disc()
+    cutout, composite, alpha = refine(image, mask, **MATTE_NEUTRAL)
+    assert cutout.shape == (2, 40, 60, 4) and composite.shape == (2, 40, 60, 3) and alpha.shape == (2, 40, 60)
+    torch.testing.assert_close(alpha, mask)
+    torch.testing.assert_close(cutout[..., :3], image)
+    a = mask.unsqueeze(-1)
+    torch.testing.assert_close(composite, image * a + (1 - a), atol=1e-6, rtol=1e-6)
+
+    options = {**MATTE_NEUTRAL, "foreground": "blur_fusion", "fg_radius_large": 21, "fg_radius_small": 5,
+               "grow": 2, "feather": 1.5}
+    cutout, _, alpha = refine(image, mask, **options)
+    want_fg, want_alpha = core.matting.refine_matte(
+        image.movedim(-1, 1), mask, core.matting.MatteOptions(grow=2, feather=1.5, foreground_radii=(21, 5)))
+    torch.testing.assert_close(alpha, want_alpha)
+    torch.testing.assert_close(cutout[..., :3], want_fg.movedim(1, -1))
+    assert (cutout[..., :3] - image).abs().max() > 0.01  # the colours really were re-estimated
+
+    backdrop = torch.rand(1, 80, 30, 3)
+    _, composite, _ = refine(image, mask, **MATTE_NEUTRAL, background=backdrop)
+    want = core.matting.over_image(image.movedim(-1, 1), mask, backdrop.movedim(-1, 1))
+    torch.testing.assert_close(composite, want.movedim(1, -1))
+
+
+def test_matte_refine_bad_and_mismatched_inputs(nodes, caplog):
+    refine = nodes["BiRefNetMatteRefine"]().refine
+    image = images(batch=3, h=40, w=60)
+    small = soft_disc(batch=1, h=20, w=30)  # half size, one mask for three images
+    with caplog.at_level("WARNING"):
+        _, _, alpha = refine(image, small, **MATTE_NEUTRAL)
+    assert alpha.shape == (3, 40, 60) and "resized" in caplog.text
+    torch.testing.assert_close(alpha[0], alpha[2])
+    rgba_image = torch.cat([image, torch.zeros(3, 40, 60, 1)], dim=-1)
+    torch.testing.assert_close(refine(rgba_image, soft_disc(3), **MATTE_NEUTRAL)[0],
+                               refine(image, soft_disc(3), **MATTE_NEUTRAL)[0])
+    over = refine(image, soft_disc(3) * 3 - 1, **MATTE_NEUTRAL)[2]
+    assert over.min() >= 0 and over.max() <= 1  # out-of-range mask values are clamped
+    nan_mask = soft_disc(3)
+    nan_mask[0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        refine(image, nan_mask, **MATTE_NEUTRAL)
+    with pytest.raises(ValueError, match="batch"):
+        refine(image, soft_disc(2), **MATTE_NEUTRAL)
+    for empty in (torch.zeros(3, 40, 60), torch.ones(3, 40, 60)):
+        out = refine(image, empty, **{**MATTE_NEUTRAL, "foreground": "blur_fusion"})
+        assert all(bool(torch.isfinite(t).all()) for t in out)
+
+
+def test_segment_estimates_foreground_colours(nodes, core, models_dir, tiny_weights):
+    (model,) = nodes["BiRefNetLoader"]().load(place(tiny_weights, models_dir), "cpu", "auto", "auto")
+    batch = images()
+    mask, cutout, _ = nodes["BiRefNetSegment"]().segment(model, batch, **{**SEGMENT_DEFAULTS,
+                                                                          "foreground": "blur_fusion"})
+    want = core.matting.estimate_foreground(batch.movedim(-1, 1), mask)
+    torch.testing.assert_close(cutout[..., :3], want.movedim(1, -1))

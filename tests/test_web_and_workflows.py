@@ -95,8 +95,10 @@ def _node_spec(pack, node_type):
         core = CORE_NODES[node_type]
         return core["inputs"], [(name, None) for name in core["widgets"]], core["outputs"]
     cls = pack.NODE_CLASS_MAPPINGS[node_type]
-    required = cls.INPUT_TYPES()["required"]
-    links = {name: spec[0] for name, spec in required.items() if not _is_widget(spec)}
+    inputs = cls.INPUT_TYPES()
+    required, optional = inputs["required"], inputs.get("optional", {})
+    # optional link inputs are listed in a saved node's inputs too (unconnected: link None)
+    links = {name: spec[0] for name, spec in {**required, **optional}.items() if not _is_widget(spec)}
     widgets = [(name, spec) for name, spec in required.items() if _is_widget(spec)]
     return links, widgets, list(cls.RETURN_TYPES)
 
@@ -155,7 +157,12 @@ def test_example_workflow_is_valid(pack, path):
         assert {i["name"]: i["type"] for i in inputs if "widget" not in i} == links_in, (
             f"{node['type']} link inputs"
         )
-        assert all(i.get("link") is not None for i in inputs if "widget" not in i), f"{node['type']}: unconnected input"
+        optional = set()
+        if node["type"] in pack.NODE_CLASS_MAPPINGS:
+            optional = set(pack.NODE_CLASS_MAPPINGS[node["type"]].INPUT_TYPES().get("optional", {}))
+        assert all(i.get("link") is not None or i["name"] in optional for i in inputs if "widget" not in i), (
+            f"{node['type']}: unconnected required input"
+        )
         assert [o["type"] for o in node.get("outputs", [])] == outputs, f"{node['type']} outputs"
 
     link_ids = set()
