@@ -9,6 +9,7 @@ import torch
 
 from ..birefnet_core.matting import FOREGROUND_METHODS, MatteOptions, over_color, over_image, parse_color, refine_matte
 from . import comfy
+from .tensors import image_and_mask
 
 logger = logging.getLogger(__name__)
 
@@ -18,30 +19,6 @@ FOREGROUND_TOOLTIP = (
     "blur_fusion: the official BiRefNet refine_foreground (Forte & Pitie), light on memory; multilevel: "
     "Germer et al.'s multi-level estimator, lower colour error on our benchmark, more memory; none: the image."
 )
-
-
-def image_and_mask(image: torch.Tensor, mask: torch.Tensor):
-    """ComfyUI IMAGE [B,H,W,C] and MASK [B,H,W] or [H,W] -> [B,3,H,W] and [B,H,W] (a mask of
-    another size is resized to the image, with a note; batch 1 broadcasts against batch N)."""
-    if image.dim() != 4 or image.shape[-1] not in (1, 3, 4):
-        raise ValueError(f"image must be a ComfyUI IMAGE [B,H,W,C] with 1, 3 or 4 channels, got {list(image.shape)}")
-    if mask.dim() == 2:
-        mask = mask.unsqueeze(0)
-    if mask.dim() != 3:
-        raise ValueError(f"mask must be a ComfyUI MASK [B,H,W] or [H,W], got {list(mask.shape)}")
-    pixels = image[..., :3].movedim(-1, 1).float()
-    if pixels.shape[1] == 1:
-        pixels = pixels.expand(-1, 3, -1, -1)
-    if mask.shape[-2:] != pixels.shape[-2:]:
-        logger.warning("mask %dx%d resized to the image's %dx%d", mask.shape[-1], mask.shape[-2], pixels.shape[-1],
-                       pixels.shape[-2])
-        mask = torch.nn.functional.interpolate(mask.unsqueeze(1).float(), size=pixels.shape[-2:], mode="bilinear",
-                                               align_corners=False).squeeze(1)
-    b_img, b_mask = pixels.shape[0], mask.shape[0]
-    if b_img != b_mask and 1 not in (b_img, b_mask):
-        raise ValueError(f"image batch {b_img} and mask batch {b_mask} differ (one of them may be 1)")
-    n = max(b_img, b_mask)
-    return pixels.expand(n, -1, -1, -1), mask.float().expand(n, -1, -1)
 
 
 def run_matte(pixels: torch.Tensor, alpha: torch.Tensor, options: MatteOptions, batch_size: int,

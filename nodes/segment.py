@@ -8,6 +8,7 @@ from ..birefnet_core.inference import Predictor, Resolution
 from ..birefnet_core.matting import FOREGROUND_METHODS, MatteOptions, over_color, parse_color, rgba, threshold
 from . import comfy
 from .matte import FOREGROUND_TOOLTIP, run_matte
+from .tensors import comfy_pixels
 
 RESOLUTIONS = ["native", "custom", "keep_aspect"]
 BACKGROUNDS = ["transparent", "color"]
@@ -21,6 +22,23 @@ def resolution_for(model: comfy.ManagedModel, resolution: str, width: int, heigh
     if resolution != "native":
         raise ValueError(f"resolution must be one of {', '.join(RESOLUTIONS)}, got {resolution!r}")
     return Resolution.parse(None, model.variant.resolution if model.variant is not None else (1024, 1024))
+
+
+def resolution_inputs() -> dict:
+    """The resolution widgets Segment and Video Frames share (names and order are saved in workflows)."""
+    size = {"min": 32, "max": 8192, "step": 32}
+    return {
+        "resolution": (RESOLUTIONS, {
+            "default": "native",
+            "tooltip": "Size the network sees. native: the model's training size (1024x1024 for most, "
+                       "2048x2048 for HR, 2560x1440 for lite-2K); custom: width x height; keep_aspect: the "
+                       "image's aspect ratio with the long side below (best for BiRefNet_dynamic).",
+        }),
+        "width": ("INT", {"default": 1024, **size, "tooltip": "Network width for resolution = custom."}),
+        "height": ("INT", {"default": 1024, **size, "tooltip": "Network height for resolution = custom."}),
+        "long_side": ("INT", {"default": 1024, **size,
+                              "tooltip": "Long side for resolution = keep_aspect (multiple of 32)."}),
+    }
 
 
 class BiRefNetSegment:
@@ -42,21 +60,11 @@ class BiRefNetSegment:
 
     @classmethod
     def INPUT_TYPES(cls):
-        size = {"min": 32, "max": 8192, "step": 32}
         return {
             "required": {
                 "model": ("BIREFNET_MODEL", {"tooltip": "From Load BiRefNet Model."}),
                 "image": ("IMAGE", {"tooltip": "Images to segment (a batch of any size)."}),
-                "resolution": (RESOLUTIONS, {
-                    "default": "native",
-                    "tooltip": "Size the network sees. native: the model's training size (1024x1024 for most, "
-                               "2048x2048 for HR, 2560x1440 for lite-2K); custom: width x height; keep_aspect: the "
-                               "image's aspect ratio with the long side below (best for BiRefNet_dynamic).",
-                }),
-                "width": ("INT", {"default": 1024, **size, "tooltip": "Network width for resolution = custom."}),
-                "height": ("INT", {"default": 1024, **size, "tooltip": "Network height for resolution = custom."}),
-                "long_side": ("INT", {"default": 1024, **size,
-                                      "tooltip": "Long side for resolution = keep_aspect (multiple of 32)."}),
+                **resolution_inputs(),
                 "batch_size": ("INT", {"default": 4, "min": 1, "max": 256,
                                        "tooltip": "Images per forward pass. Larger is faster on a GPU; halved "
                                                   "automatically when the GPU runs out of memory."}),
@@ -86,11 +94,7 @@ class BiRefNetSegment:
         parse_color(background_color)  # a bad colour fails before the model runs
         size = resolution_for(model, resolution, width, height, long_side)
         predictor = Predictor(model.ready(), resolution=size, batch_size=batch_size)
-        if image.dim() != 4 or image.shape[-1] not in (1, 3, 4):
-            raise ValueError(f"image must be a ComfyUI IMAGE [B,H,W,C] with 1, 3 or 4 channels, got {list(image.shape)}")
-        pixels = image[..., :3].movedim(-1, 1).float()  # [B,3,H,W] view; an alpha channel is ignored
-        if pixels.shape[1] == 1:
-            pixels = pixels.expand(-1, 3, -1, -1)
+        pixels = comfy_pixels(image)
         report = comfy.progress_reporter(int(pixels.shape[0]), "segment")
         out = torch.empty(pixels.shape[0], *pixels.shape[2:], dtype=torch.float32)  # CPU, written per chunk
         alpha = threshold(predictor.predict(pixels, progress=report, out=out), mask_threshold)

@@ -53,7 +53,7 @@ SEGMENT_DEFAULTS = dict(resolution="custom", width=64, height=64, long_side=64, 
                         background="transparent", background_color="#ffffff", foreground="none")
 
 
-@pytest.mark.parametrize("name", ["BiRefNetLoader", "BiRefNetSegment", "BiRefNetMatteRefine"])
+@pytest.mark.parametrize("name", ["BiRefNetLoader", "BiRefNetSegment", "BiRefNetMatteRefine", "BiRefNetVideoMatte"])
 def test_node_contract(nodes, pack, name):
     cls = nodes[name]
     assert cls.CATEGORY == "BiRefNet" and cls.DESCRIPTION
@@ -61,7 +61,8 @@ def test_node_contract(nodes, pack, name):
     inputs = cls.INPUT_TYPES()
     declared = {**inputs["required"], **inputs.get("optional", {})}
     signature = inspect.signature(getattr(cls, cls.FUNCTION))
-    assert list(signature.parameters)[1:] == list(declared)  # same names, same order as the widgets
+    hidden = list(inputs.get("hidden", {}))
+    assert list(signature.parameters)[1:] == list(declared) + hidden  # the widgets' names and order
     for input_name, (kind, options) in declared.items():
         assert options.get("tooltip"), f"{name}.{input_name} has no tooltip"
         if isinstance(kind, list):
@@ -289,3 +290,46 @@ def test_segment_estimates_foreground_colours(nodes, core, models_dir, tiny_weig
                                                                           "foreground": "blur_fusion"})
     want = core.matting.estimate_foreground(batch.movedim(-1, 1), mask)
     torch.testing.assert_close(cutout[..., :3], want.movedim(1, -1))
+
+
+VIDEO_DEFAULTS = dict(batch_size=3, resolution="custom", width=64, height=64, long_side=64,
+                      temporal_smoothing="strong", smoothing_strength=0.5, foreground="none",
+                      background_color="#000000")
+
+
+def moving_clip(n=12, h=36, w=44):
+    frames = torch.full((n, h, w, 3), 0.3)
+    for t in range(n):
+        frames[t, 8:28, 2 + 2 * t:14 + 2 * t] = torch.tensor([0.9, 0.8, 0.1])
+    return frames
+
+
+def test_video_node_windows_carry_state(nodes, pack, models_dir, tiny_weights):
+    (model,) = nodes["BiRefNetLoader"]().load(place(tiny_weights, models_dir), "cpu", "auto", "auto")
+    video = nodes["BiRefNetVideoMatte"]()
+    frames = moving_clip()
+    whole_mask, rgba, composite = video.matte(model, frames, **VIDEO_DEFAULTS, node_id="whole")
+    assert whole_mask.shape == (12, 36, 44) and rgba.shape == (12, 36, 44, 4) and composite.shape == (12, 36, 44, 3)
+    torch.testing.assert_close(composite, frames * whole_mask.unsqueeze(-1))
+    windows = [video.matte(model, frames[a:a + 4], **VIDEO_DEFAULTS, node_id="windows")[0] for a in (0, 4, 8)]
+    torch.testing.assert_close(torch.cat(windows), whole_mask, atol=1e-5, rtol=1e-5)
+
+
+def test_video_node_cancel_keeps_the_stored_state(nodes, pack, models_dir, tiny_weights, monkeypatch):
+    (model,) = nodes["BiRefNetLoader"]().load(place(tiny_weights, models_dir), "cpu", "auto", "auto")
+    video = nodes["BiRefNetVideoMatte"]()
+    frames = moving_clip()
+    reference = [video.matte(model, frames[a:a + 6], **VIDEO_DEFAULTS, node_id="ref")[0] for a in (0, 6)]
+    video.matte(model, frames[:6], **VIDEO_DEFAULTS, node_id="cancelled")
+
+    def cancel_after_first_chunk(total, description=""):
+        def report(done, _total):
+            raise KeyboardInterrupt
+        return report
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pack.nodes.comfy, "progress_reporter", cancel_after_first_chunk)
+        with pytest.raises(KeyboardInterrupt):
+            video.matte(model, frames[6:], **VIDEO_DEFAULTS, node_id="cancelled")
+    resumed = video.matte(model, frames[6:], **VIDEO_DEFAULTS, node_id="cancelled")[0]
+    torch.testing.assert_close(resumed, reference[1])
