@@ -27,6 +27,16 @@ CORE_NODES = {
     "SaveImage": {"inputs": {"images": "IMAGE"}, "widgets": ["filename_prefix"], "outputs": []},
     "PreviewImage": {"inputs": {"images": "IMAGE"}, "widgets": [], "outputs": []},
     "MaskToImage": {"inputs": {"mask": "MASK"}, "widgets": [], "outputs": ["IMAGE"]},
+    # VideoHelperSuite (Kosinkadink/ComfyUI-VideoHelperSuite): its frontend saves widgets as a dict
+    "VHS_LoadVideo": {"inputs": {"meta_batch": "VHS_BatchManager", "vae": "VAE"},
+                      "widgets": ["video", "force_rate", "custom_width", "custom_height", "frame_load_cap",
+                                  "skip_first_frames", "select_every_nth"],
+                      "outputs": ["IMAGE", "INT", "AUDIO", "VHS_VIDEOINFO"], "optional": {"meta_batch", "vae"}},
+    "VHS_VideoCombine": {"inputs": {"images": "IMAGE", "audio": "AUDIO", "meta_batch": "VHS_BatchManager",
+                                    "vae": "VAE"},
+                         "widgets": ["frame_rate", "loop_count", "filename_prefix", "format", "pingpong",
+                                     "save_output"],
+                         "outputs": ["VHS_FILENAMES"], "optional": {"audio", "meta_batch", "vae"}},
 }
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 
@@ -148,6 +158,9 @@ def test_example_workflow_is_valid(pack, path):
         links_in, widgets, outputs = _node_spec(pack, node["type"])
         values = node.get("widgets_values", [])
         names = [name for name, _ in widgets]
+        if isinstance(values, dict):  # VideoHelperSuite's format: every widget by name
+            assert set(names) <= set(values), f"{node['type']} widgets_values lacks {set(names) - set(values)}"
+            values = [values[name] for name in names]
         assert len(values) == len(names), f"{node['type']} widgets_values {values} for widgets {names}"
         if node["type"] in pack.NODE_CLASS_MAPPINGS:
             cls = pack.NODE_CLASS_MAPPINGS[node["type"]]
@@ -157,7 +170,7 @@ def test_example_workflow_is_valid(pack, path):
         assert {i["name"]: i["type"] for i in inputs if "widget" not in i} == links_in, (
             f"{node['type']} link inputs"
         )
-        optional = set()
+        optional = set(CORE_NODES.get(node["type"], {}).get("optional", ()))
         if node["type"] in pack.NODE_CLASS_MAPPINGS:
             optional = set(pack.NODE_CLASS_MAPPINGS[node["type"]].INPUT_TYPES().get("optional", {}))
         assert all(i.get("link") is not None or i["name"] in optional for i in inputs if "widget" not in i), (
