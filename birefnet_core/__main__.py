@@ -12,12 +12,14 @@ from typing import Optional, Sequence
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import bench, predict
+    from . import bench, predict, video_cli
 
     parser = argparse.ArgumentParser(prog="python -m birefnet_core",
                                      description="BiRefNet: segmentation, matting, video, evaluation and benchmarks.")
     commands = parser.add_subparsers(dest="command", metavar="command")
     predict.add_arguments(commands.add_parser("predict", help="write a mask and an RGBA cut-out per image"))
+    video_cli.add_arguments(commands.add_parser("video", help="write an alpha video (ProRes 4444, VP9 WebM or PNGs) "
+                                                              "for a video file"))
     bench.add_arguments(commands.add_parser("bench", help="print speed and memory figures"))
     return parser
 
@@ -32,6 +34,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from . import predict
 
         return predict.run(args)
+    if args.command == "video":
+        from . import video_cli
+
+        return video_cli.run(args)
     from . import bench
 
     bench.run(args)
