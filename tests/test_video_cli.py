@@ -1,0 +1,193 @@
+"""``python -m birefnet_core video``: a video in, an alpha video out (ProRes 4444 .mov, VP9 .webm,
+PNG folder), equal to ``matte_frames`` over the whole clip; chunked; one-line errors.
+
+Alpha round trip against ``matte_frames`` in float, as measured with the tiny model at 64x48
+(alpha spread 0.29..0.72): PNG <= 0.5/255 (8-bit rounding); ProRes 4444 max ~0.16/255 (10-bit
+alpha, decoded as 12-bit); VP9 (lossy, crf 15) max ~7/255, mean ~0.9/255. The bounds below leave
+room for encoder differences between FFmpeg builds.
+"""
+
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from birefnet_core import build_model, load_model
+from birefnet_core.inference import Predictor
+from birefnet_core.video import TemporalSmoother, matte_frames
+
+from reference import load_make_weights
+
+av = pytest.importorskip("av")
+from birefnet_core.video_io import VideoReader, VideoWriter, read_rgba, write_test_video  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+FPS = Fraction(24000, 1001)
+N, H, W = 12, 48, 64
+BATCH = 5  # chunks of 5, 5, 2: the smoother's state crosses two chunk boundaries, the last is short
+
+
+@pytest.fixture(scope="module")
+def weights_file(tmp_path_factory):
+    model = build_model("pvt_v2_b0")
+    path = tmp_path_factory.mktemp("models") / "tiny.safetensors"
+    save_file(load_make_weights()(model.state_dict(), seed=0), path)
+    return path
+
+
+def moving_square(n=N, h=H, w=W):
+    yy, xx = np.mgrid[:h, :w]
+    frames = np.empty((n, h, w, 3), dtype=np.uint8)
+    frames[..., 0] = (xx * 255 // w)[None]
+    frames[..., 1] = (yy * 255 // h)[None]
+    frames[..., 2] = 60
+    for t in range(n):
+        frames[t, 12:36, 4 + 4 * t:24 + 4 * t] = (230, 200, 40)
+    return frames
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    """An H.264 .mp4 at 23.976 fps with a (silent) audio track."""
+    return write_test_video(tmp_path_factory.mktemp("clip") / "clip.mp4", moving_square(), fps=FPS, audio=True)
+
+
+@pytest.fixture(scope="module")
+def expected(clip, weights_file):
+    """RGBA from matte_frames over the whole decoded clip at once, smoothing 'light'."""
+    with VideoReader(clip, chunk_size=1000) as reader:
+        frames = torch.cat(list(reader))
+    assert frames.shape == (N, H, W, 3)
+    predictor = Predictor(load_model(weights_file, device="cpu"), resolution=64, batch_size=BATCH)
+    rgba = matte_frames(predictor, frames, smoother=TemporalSmoother("light")).rgba
+    assert rgba[..., 3].std() > 0.03  # a matte with something in it, so the comparisons mean something
+    return rgba
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "birefnet_core", "video", *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("name, codec, alpha_max, alpha_mean, rgb_mean", [
+    pytest.param("out.mov", "prores", 0.5 / 255, 0.2 / 255, 1.5 / 255, id="prores4444"),
+    pytest.param("out.webm", "vp9", 16 / 255, 2.0 / 255, 5 / 255, id="vp9"),
+    pytest.param("frames/", None, 0.5 / 255 + 1e-6, 0.5 / 255, 0.5 / 255 + 1e-6, id="png"),
+])
+def test_video_writes_the_alpha_of_matte_frames(tmp_path, clip, weights_file, expected, name, codec, alpha_max,
+                                                alpha_mean, rgb_mean):
+    out = tmp_path / name
+    result = cli(clip, "--model", weights_file, "--out", f"{out}/" if name.endswith("/") else out,
+                 "--resolution", "64", "--batch-size", BATCH, "--smoothing", "light", "--refine", "none",
+                 "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert f"wrote {N} frames" in result.stdout and "audio not copied" in result.stdout
+    if codec is None:
+        assert sorted(p.name for p in out.iterdir()) == [f"frame_{i:06d}.png" for i in range(1, N + 1)]
+    else:
+        with av.open(str(out)) as container:
+            stream = container.streams.video[0]
+            assert stream.codec_context.name == codec
+            assert stream.average_rate == FPS  # the input's frame rate is kept
+            assert not container.streams.audio
+    got = read_rgba(out)
+    assert got.shape == (N, H, W, 4)
+    alpha_error = (got[..., 3] - expected[..., 3]).abs()
+    assert alpha_error.max() <= alpha_max and alpha_error.mean() <= alpha_mean
+    assert (got[..., :3] - expected[..., :3]).abs().mean() <= rgb_mean
+
+
+def test_video_is_processed_one_chunk_at_a_time(tmp_path, clip, weights_file, expected, monkeypatch):
+    """matte_frames sees batch_size frames at a time and the writer gets them before the next chunk
+    is decoded (nothing grows with the video's length); the smoother carried across chunks gives
+    the whole-clip result."""
+    from birefnet_core import video, video_io
+    from birefnet_core.__main__ import main
+
+    events = []
+    real_matte, real_write, real_frames = video.matte_frames, VideoWriter.write, VideoReader.frames
+
+    def matte(predictor, frames, **kwargs):
+        events.append(("matte", len(frames)))
+        return real_matte(predictor, frames, **kwargs)
+
+    def write(self, rgba):
+        events.append(("write", len(rgba)))
+        return real_write(self, rgba)
+
+    def frames(self):
+        for frame in real_frames(self):
+            events.append(("decode", 1))
+            yield frame
+
+    monkeypatch.setattr(video, "matte_frames", matte)
+    monkeypatch.setattr(video_io.VideoWriter, "write", write)
+    monkeypatch.setattr(video_io.VideoReader, "frames", frames)
+    out = tmp_path / "png"
+    status = main(["video", str(clip), "--model", str(weights_file), "--out", str(out), "--resolution", "64",
+                   "--batch-size", str(BATCH), "--device", "cpu"])
+    assert status == 0
+    chunks = [(kind, n) for kind, n in events if kind != "decode"]
+    assert chunks == [("matte", 5), ("write", 5), ("matte", 5), ("write", 5), ("matte", 2), ("write", 2)]
+    decoded_before_first_write = events.index(("write", 5))
+    assert sum(n for kind, n in events[:decoded_before_first_write] if kind == "decode") <= BATCH + 1
+    torch.testing.assert_close(read_rgba(out)[..., 3], expected[..., 3], atol=0.5 / 255 + 1e-6, rtol=0)
+
+
+def test_video_errors_are_one_line(tmp_path, clip, weights_file):
+    def fails(result, text):
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.strip().count("\n") == 0 and text in result.stderr, result.stderr
+        assert result.stderr.startswith("error: ")
+
+    fails(cli(tmp_path / "absent.mp4", "--model", weights_file, "--out", tmp_path / "o.mov"), "input not found")
+    text = tmp_path / "notes.mp4"
+    text.write_text("this is not a video\n" * 20)
+    fails(cli(text, "--model", weights_file, "--out", tmp_path / "o.mov"), f"cannot decode video {text}")
+    for bad in ("o.mp4",):
+        fails(cli(clip, "--model", weights_file, "--out", tmp_path / bad), "unknown output extension")
+        assert not (tmp_path / bad).exists()
+    fails(cli(clip, "--model", weights_file, "--out", tmp_path / "o.mov", "--smoothing", "lots"), "smoothing")
+    fails(cli(clip, "--model", tmp_path / "nope.safetensors", "--out", tmp_path / "o.mov"), "not found")
+    assert not (tmp_path / "o.mov").exists()  # nothing is written before the model loads
+
+
+@pytest.mark.skipif(not hasattr(av.video.stream.VideoStream, "set_display_rotation"),
+                    reason="this PyAV cannot write a display matrix")
+def test_reader_applies_the_display_rotation(tmp_path):
+    frames = np.zeros((3, 48, 64, 3), dtype=np.uint8)
+    frames[:, :16, :16] = 255  # a white block at the top left
+    path = tmp_path / "phone.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=24, options={"crf": "1"})
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.set_display_rotation(90)  # shown turned 90 degrees counter-clockwise, as FFmpeg shows it
+        for i, image in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = i
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    with VideoReader(path, chunk_size=2) as reader:
+        assert (reader.width, reader.height, reader.fps) == (48, 64, 24)
+        chunks = list(reader)
+    assert [tuple(c.shape) for c in chunks] == [(2, 64, 48, 3), (1, 64, 48, 3)]
+    white = (chunks[0][0, ..., 0] > 128).nonzero().float().mean(0)
+    assert white.tolist() == [55.5, 7.5]  # bottom left, where FFmpeg's autorotate puts it
+
+
+def test_writer_round_trips_odd_sizes_chunk_by_chunk(tmp_path):
+    rgba = torch.rand(4, 47, 63, 4, generator=torch.Generator().manual_seed(0))
+    rgba[..., :3] = 0.5  # flat colour: only the alpha's own coding is measured
+    out = tmp_path / "odd.mov"
+    with VideoWriter(out, 30, 63, 47) as writer:
+        writer.write(rgba[:3])
+        writer.write(rgba[3])
+    assert writer.frames_written == 4
+    assert (read_rgba(out)[..., 3] - rgba[..., 3]).abs().max() <= 0.5 / 255
