@@ -289,7 +289,113 @@ def bench_matting(args: argparse.Namespace) -> None:
                   f"({inputs:.0f} MiB), output included")
 
 
-BENCHMARKS = {"deform": bench_deform, "model": bench_model, "matting": bench_matting}
+def _frame_size(text: str):
+    """"N" -> (N, N); "WxH" -> (H, W)."""
+    parts = text.lower().replace("×", "x").split("x")
+    if len(parts) == 1:
+        return int(parts[0]), int(parts[0])
+    if len(parts) == 2:
+        return int(parts[1]), int(parts[0])
+    raise ValueError(f"frame size must be N or WxH, got {text!r}")
+
+
+def _load_average() -> str:
+    """The 1-minute load average (other processes on a shared machine slow the timings)."""
+    with contextlib.suppress(OSError, AttributeError):
+        return f"{os.getloadavg()[0]:.1f}"
+    return "?"
+
+
+def bench_video(args: argparse.Namespace) -> None:
+    """Video: (a) temporal quality of the smoothing on a synthetic clip with a known alpha and
+    per-frame errors; (b) frames per second and peak memory of ``matte_frames`` with a real
+    (randomly initialised) network at two frame sizes."""
+    from .video import TemporalSmoother, matte_frames, parse_strength
+
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"video on {device}: {machine_description(device)}")
+
+    if "quality" in args.parts:
+        from .synthetic_video import (dtssd, excess_flicker, flicker, mad, make_clip, motion_kinds, moving_region,
+                                      noisy_predictions)
+
+        start = time.perf_counter()
+        frames, alpha = make_clip(args.frames, args.size, seed=args.seed)
+        pred = noisy_predictions(alpha, seed=args.seed)
+        moving = moving_region(alpha)
+        fast = torch.tensor([k.startswith("fast") for k in motion_kinds(args.frames)]).view(-1, 1, 1)
+        moving_fast = moving & fast
+        soft = ((alpha > 0.02) & (alpha < 0.98)).float().mean().item()
+        print(f"(a) quality: synthetic clip, {args.frames} frames {args.size}x{args.size}, seed {args.seed} "
+              f"(generated in {time.perf_counter() - start:.1f} s): a soft blob with thin fractional strands "
+              f"(0.02 < alpha < 0.98 on {100 * soft:.1f} % of pixels) drifting, rotating and swaying over a "
+              "panning texture, two bursts of fast motion, sensor noise s.d. 0.01")
+        print("predictions: a model of per-frame network errors (not a network): the true alpha independently "
+              "warped by ~0.5 px, blurred, its soft levels and soft regions perturbed, occasional blotches")
+        print(f"moving region: true alpha changed > 0.02 within the last 3 frames, grown 1 px: "
+              f"{100 * moving.float().mean().item():.1f} % of pixels; 'fast' = its part in the "
+              f"{int(fast.sum())} fast-motion frames (where lag would leave ghosts)")
+        print(f"flicker of the true alpha: {flicker(alpha) * 1e3:.2f} (x 1e-3, all pixels), "
+              f"{flicker(alpha, moving) * 1e3:.2f} (moving region); per-frame predictions: "
+              f"{flicker(pred) * 1e3:.2f}, {flicker(pred, moving) * 1e3:.2f}")
+        print("excess flicker = flicker(smoothed) - flicker(true), x 1e-3 (negative = changes less than the "
+              "truth: lag); dtSSD x 1e2 (RVM, mean over t >= 1); MAD x 1e3")
+        print(f"{'smoothing':<34} {'all pixels':^26} {'moving region':^26} {'fast':>7}")
+        print(f"{'':<34} {'exc.flick':>9} {'dtSSD':>7} {'MAD':>8} {'exc.flick':>9} {'dtSSD':>7} {'MAD':>8} "
+              f"{'MAD':>7}")
+        cases = [(f"{s} ({parse_strength(s):g})" if str(s).strip().lower() in ("off", "light", "strong") else
+                  str(s), TemporalSmoother(s, motion_full=args.motion_full, motion_window=args.motion_window))
+                 for s in args.strengths]
+        reference = parse_strength(args.strengths[-1]) if args.strengths else 0.7
+        if reference > 0:
+            cases.append((f"{reference:g}, no motion gate (plain EMA)",
+                          TemporalSmoother(reference, motion_full=1e9, motion_window=args.motion_window)))
+        for label, smoother in cases:
+            out = smoother(frames, pred)
+            print(f"{label:<34} {excess_flicker(out, alpha) * 1e3:9.2f} {dtssd(out, alpha):7.3f} "
+                  f"{mad(out, alpha):8.2f} {excess_flicker(out, alpha, moving) * 1e3:9.2f} "
+                  f"{dtssd(out, alpha, moving):7.3f} {mad(out, alpha, moving):8.2f} "
+                  f"{mad(out, alpha, moving_fast):7.2f}", flush=True)
+        print(f"smoother settings: motion_full {args.motion_full:g}, motion_window {args.motion_window}")
+
+    if "speed" in args.parts:
+        from .inference import Predictor
+        from .models import build_model
+
+        print(f"(b) throughput: matte_frames (network at {args.resolution}, chunks of {args.batch} frames, "
+              f"smoothing {args.smoothing}), frames float32 [N, H, W, 3] on the CPU as ComfyUI passes them; "
+              f"randomly initialised weights (speed does not depend on the values); median of {args.repeats} "
+              "timed run(s) after a warm-up run; peak = memory above the frames and weights during one more "
+              "run, the outputs (mask, RGBA, composite) included")
+        if device.type == "cpu":
+            print(f"CPU defaults are small ({args.count} frames, network {args.resolution}) so that this part "
+                  "finishes in a few minutes; figures are measured, not extrapolated")
+        gen = torch.Generator().manual_seed(0)
+        for backbone in args.backbone:
+            model = build_model(backbone).to(device)
+            predictor = Predictor(model, resolution=args.resolution, batch_size=args.batch)
+            for text in args.frame_sizes:
+                h, w = _frame_size(text)
+                clip = torch.rand(args.count, h, w, 3, generator=gen)
+                outputs_mib = args.count * h * w * 8 * 4 / MiB
+
+                def run() -> object:
+                    return matte_frames(predictor, clip, smoother=TemporalSmoother(args.smoothing))
+
+                load_before = _load_average()
+                seconds, peak = measure(run, device, args.repeats)
+                peak_text = f"{peak / MiB:.0f} MiB" if peak is not None else "not measured"
+                print(f"{backbone} {w}x{h}, {args.count} frames: {seconds:.2f} s, {args.count / seconds:.2f} "
+                      f"frames/s ({seconds * 1e3 / args.count:.0f} ms per frame); peak {peak_text} "
+                      f"(outputs {outputs_mib:.0f} MiB, input frames {clip.numel() * 4 / MiB:.0f} MiB); "
+                      f"1-min load average {load_before} -> {_load_average()}", flush=True)
+            del model, predictor
+
+
+BENCHMARKS = {"deform": bench_deform, "model": bench_model, "matting": bench_matting,
+              "video": bench_video}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -315,6 +421,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          help="image side for the foreground estimators' memory figure (default 4096; 0 skips)")
     matting.add_argument("--reference", action="store_true",
                          help="also time the official avg_pool2d form once (about 36 s at 1024 on 2 CPU cores)")
+
+    video = benchmarks.add_parser("video", help="video: temporal quality of the smoothing on a synthetic clip; "
+                                                "matte_frames throughput and memory")
+    video.add_argument("--parts", nargs="+", choices=["quality", "speed"], default=["quality", "speed"],
+                       help="which parts to run (default both)")
+    video.add_argument("--frames", type=int, default=60, help="synthetic clip length for the quality part")
+    video.add_argument("--size", type=int, default=256, help="synthetic clip side for the quality part")
+    video.add_argument("--seed", type=int, default=0, help="synthetic clip seed")
+    video.add_argument("--strengths", nargs="+", default=["off", "light", "strong", "0.85"],
+                       help="smoothing strengths to compare (presets or numbers in 0..1)")
+    video.add_argument("--motion-full", type=float, default=0.05,
+                       help="TemporalSmoother motion_full for the quality part (default 0.05)")
+    video.add_argument("--motion-window", type=int, default=5,
+                       help="TemporalSmoother motion_window for the quality part (default 5)")
+    video.add_argument("--backbone", nargs="+", default=["swin_v1_t"], help="backbone(s) to time (default swin_v1_t)")
+    video.add_argument("--resolution", default="512", help="network input size, N or WxH (default 512)")
+    video.add_argument("--count", type=int, default=8, help="frames per timed run (default 8)")
+    video.add_argument("--frame-sizes", nargs="+", default=["512", "1920x1080"],
+                       help="frame sizes to time, N or WxH (default 512 1920x1080)")
+    video.add_argument("--smoothing", default="light", help="smoothing during the timed runs (default light)")
+    video.add_argument("--device", default=default_device, help=f"torch device (default {default_device})")
+    video.add_argument("--batch", type=int, default=4, help="frames per network chunk (default 4)")
+    video.add_argument("--repeats", type=int, default=1, help="timed runs (the median is printed; default 1)")
+    video.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
 
     for sub, repeats in ((deform, 5), (model, 3), (matting, 5)):
         sub.add_argument("--device", default=default_device, help=f"torch device (default {default_device})")

@@ -49,9 +49,9 @@ class TemporalSmoother:
     """Motion-gated EMA over a sequence of probability maps, state carried between calls.
 
     ``strength`` s in 0..1: in still regions alpha_t = alpha_{t-1} + (1 - s) (p_t - alpha_{t-1});
-    the rate rises linearly to 1 with the local image change (mean absolute difference of
-    consecutive frames, box-blurred over ``motion_window`` px of a 1/4-size grey image) reaching
-    ``motion_full`` (in 0..1 intensity units). A frame whose mean change from the previous one
+    the rate rises linearly to 1 with the local image change (largest absolute difference of
+    consecutive frames over the colour channels, box-blurred over ``motion_window`` px of a
+    1/4-size image) reaching ``motion_full`` (in 0..1 intensity units). A frame whose mean change from the previous one
     exceeds ``cut_threshold`` starts afresh (a cut, a new video, or a window out of order), as does
     a change of frame size.
     """
@@ -67,7 +67,7 @@ class TemporalSmoother:
 
     def reset(self) -> None:
         self.previous_alpha: Optional[torch.Tensor] = None  # [H, W] float32
-        self.previous_grey: Optional[torch.Tensor] = None  # [H/4, W/4] float32
+        self.previous_grey: Optional[torch.Tensor] = None  # [3, H/4, W/4] float32
         self.frames_seen = 0
 
     @property
@@ -75,16 +75,17 @@ class TemporalSmoother:
         return self.strength > 0
 
     def _grey(self, frame: torch.Tensor) -> torch.Tensor:
-        """[3, H, W] -> quarter-size grey [h, w] (motion is measured at low resolution)."""
+        """[3, H, W] -> the quarter-size colour image [3, h, w] motion is measured on."""
         h, w = frame.shape[-2:]
-        small = F.interpolate(frame.mean(0, keepdim=True)[None], size=(max(1, h // 4), max(1, w // 4)),
-                              mode="area")
-        return small[0, 0]
+        return F.interpolate(frame[None], size=(max(1, h // 4), max(1, w // 4)), mode="area")[0]
 
     def _rate(self, grey: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-        change = (grey - self.previous_grey).abs()[None, None]
+        # the largest change over the colour channels: an edge between two colours of equal
+        # brightness moves without changing the grey level
+        change = (grey - self.previous_grey).abs().amax(0)[None, None]
         k = self.motion_window
-        change = F.avg_pool2d(change, k, stride=1, padding=k // 2, count_include_pad=False)[..., :grey.shape[0], :grey.shape[1]]
+        change = F.avg_pool2d(change, k, stride=1, padding=k // 2, count_include_pad=False)
+        change = change[..., :grey.shape[-2], :grey.shape[-1]]
         motion = (change / self.motion_full).clamp(0.0, 1.0)
         base = 1.0 - self.strength
         rate = base + (1.0 - base) * motion
@@ -102,7 +103,7 @@ class TemporalSmoother:
             grey = self._grey(frames[i].float())
             if self.previous_alpha is not None and (
                     self.previous_alpha.shape != probs[i].shape
-                    or (grey - self.previous_grey.to(grey.device)).abs().mean() > self.cut_threshold):
+                    or (grey - self.previous_grey.to(grey.device)).mean(0).abs().mean() > self.cut_threshold):
                 self.reset()
             if self.previous_alpha is None:
                 out[i] = probs[i]
