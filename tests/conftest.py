@@ -31,3 +31,18 @@ def pack():
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A pvt_v2_b0 BiRefNet checkpoint (.safetensors) with the conformance weights (make_weights,
+    seed 0): the smallest real model, for tests that load files."""
+    from safetensors.torch import save_file
+
+    from birefnet_core import build_model
+    from reference import load_make_weights
+
+    model = build_model("pvt_v2_b0")
+    path = tmp_path_factory.mktemp("models") / "tiny.safetensors"
+    save_file(load_make_weights()(model.state_dict(), seed=0), path)
+    return path

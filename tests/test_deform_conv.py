@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 
 from birefnet_core.ops import DeformableConv2d, available_backends, deform_conv2d, select_backend
-from birefnet_core.ops.deform_conv import BACKENDS
 from birefnet_core.ops.portable import bytes_per_position, plan_chunks
 from birefnet_core.ops.spec import check_arguments
 

@@ -357,7 +357,7 @@ def test_batch_of_one_broadcasts():
 
 
 def test_refine_matte_pipeline(scene):
-    image, alpha, fg, raw = scene[0], scene[1], scene[2], scene[4]
+    image, raw = scene[0], scene[4]
     plain_fg, plain_alpha = matting.refine_matte(image, raw[:, 0])
     assert plain_alpha.shape == (1, 512, 512) and torch.equal(plain_alpha, raw[:, 0])
     torch.testing.assert_close(plain_fg, matting.estimate_foreground(image, raw))

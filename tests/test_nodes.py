@@ -32,14 +32,6 @@ def models_dir(tmp_path, monkeypatch):
     return folder
 
 
-@pytest.fixture(scope="module")
-def tiny_weights(core, tmp_path_factory):
-    model = core.build_model("pvt_v2_b0")
-    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
-    save_file(make_weights(model.state_dict(), seed=0), path)
-    return path
-
-
 def place(weights: Path, folder: Path, name: str = "tiny.safetensors") -> str:
     (folder / name).write_bytes(weights.read_bytes())
     return name
@@ -80,8 +72,8 @@ def test_widget_names_and_order_are_stable(nodes):
         "background", "background_color", "foreground"]
 
 
-def test_loader_and_segment_on_a_checkpoint_in_the_model_folder(nodes, core, models_dir, tiny_weights):
-    name = place(tiny_weights, models_dir)
+def test_loader_and_segment_on_a_checkpoint_in_the_model_folder(nodes, core, models_dir, tiny_checkpoint):
+    name = place(tiny_checkpoint, models_dir)
     choices = nodes["BiRefNetLoader"].INPUT_TYPES()["required"]["model"][0]
     assert choices[0] == name and "BiRefNet_lite (download)" in choices
     (model,) = nodes["BiRefNetLoader"]().load(name, "cpu", "float32", "auto")
@@ -99,8 +91,8 @@ def test_loader_and_segment_on_a_checkpoint_in_the_model_folder(nodes, core, mod
     torch.testing.assert_close(mask, want)
 
 
-def test_segment_options(nodes, models_dir, tiny_weights):
-    (model,) = nodes["BiRefNetLoader"]().load(place(tiny_weights, models_dir), "auto", "auto", "legacy")
+def test_segment_options(nodes, models_dir, tiny_checkpoint):
+    (model,) = nodes["BiRefNetLoader"]().load(place(tiny_checkpoint, models_dir), "auto", "auto", "legacy")
     batch = images(batch=3)
     seen = []
     hook = model.ready().register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape)))
@@ -170,17 +162,17 @@ def test_offline_registry_model_gives_one_clear_error(nodes, core, models_dir, t
 
 @pytest.mark.parametrize("value", ["../tiny.safetensors", "sub/../../tiny.safetensors", "/etc/passwd",
                                    "background_removal/../x.safetensors"])
-def test_model_names_never_leave_the_model_folders(nodes, models_dir, tiny_weights, value):
-    place(tiny_weights, models_dir.parent)  # a real file one level up: it must stay unreachable
+def test_model_names_never_leave_the_model_folders(nodes, models_dir, tiny_checkpoint, value):
+    place(tiny_checkpoint, models_dir.parent)  # a real file one level up: it must stay unreachable
     assert isinstance(nodes["BiRefNetLoader"].VALIDATE_INPUTS(model=value), str)
     with pytest.raises((ValueError, FileNotFoundError)):
         nodes["BiRefNetLoader"]().load(value, "cpu", "auto", "auto")
 
 
-def test_loader_bad_inputs(nodes, models_dir, tiny_weights):
+def test_loader_bad_inputs(nodes, models_dir, tiny_checkpoint):
     loader = nodes["BiRefNetLoader"]()
     with pytest.raises(ValueError, match="device 'cuda:7' is not available"):
-        loader.load(place(tiny_weights, models_dir), "cuda:7", "auto", "auto")
+        loader.load(place(tiny_checkpoint, models_dir), "cuda:7", "auto", "auto")
     save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4, 4, 3, 3)},
               models_dir / "sd.safetensors")
     with pytest.raises(ValueError, match="Stable Diffusion"):
@@ -189,8 +181,8 @@ def test_loader_bad_inputs(nodes, models_dir, tiny_weights):
         loader.load("missing.safetensors", "cpu", "auto", "auto")
 
 
-def test_segment_bad_inputs_and_cancel(nodes, pack, models_dir, tiny_weights, monkeypatch):
-    (model,) = nodes["BiRefNetLoader"]().load(place(tiny_weights, models_dir), "cpu", "auto", "auto")
+def test_segment_bad_inputs_and_cancel(nodes, pack, models_dir, tiny_checkpoint, monkeypatch):
+    (model,) = nodes["BiRefNetLoader"]().load(place(tiny_checkpoint, models_dir), "cpu", "auto", "auto")
     segment = nodes["BiRefNetSegment"]()
     with pytest.raises(ValueError, match="colour must be"):
         segment.segment(model, images(), **{**SEGMENT_DEFAULTS, "background_color": "blueish"})
@@ -283,8 +275,8 @@ def test_matte_refine_bad_and_mismatched_inputs(nodes, caplog):
         assert all(bool(torch.isfinite(t).all()) for t in out)
 
 
-def test_segment_estimates_foreground_colours(nodes, core, models_dir, tiny_weights):
-    (model,) = nodes["BiRefNetLoader"]().load(place(tiny_weights, models_dir), "cpu", "auto", "auto")
+def test_segment_estimates_foreground_colours(nodes, core, models_dir, tiny_checkpoint):
+    (model,) = nodes["BiRefNetLoader"]().load(place(tiny_checkpoint, models_dir), "cpu", "auto", "auto")
     batch = images()
     mask, cutout, _ = nodes["BiRefNetSegment"]().segment(model, batch, **{**SEGMENT_DEFAULTS,
                                                                           "foreground": "blur_fusion"})
@@ -304,8 +296,8 @@ def moving_clip(n=12, h=36, w=44):
     return frames
 
 
-def test_video_node_windows_carry_state(nodes, pack, models_dir, tiny_weights):
-    (model,) = nodes["BiRefNetLoader"]().load(place(tiny_weights, models_dir), "cpu", "auto", "auto")
+def test_video_node_windows_carry_state(nodes, pack, models_dir, tiny_checkpoint):
+    (model,) = nodes["BiRefNetLoader"]().load(place(tiny_checkpoint, models_dir), "cpu", "auto", "auto")
     video = nodes["BiRefNetVideoMatte"]()
     frames = moving_clip()
     whole_mask, rgba, composite = video.matte(model, frames, **VIDEO_DEFAULTS, node_id="whole")
@@ -315,8 +307,8 @@ def test_video_node_windows_carry_state(nodes, pack, models_dir, tiny_weights):
     torch.testing.assert_close(torch.cat(windows), whole_mask, atol=1e-5, rtol=1e-5)
 
 
-def test_video_node_cancel_keeps_the_stored_state(nodes, pack, models_dir, tiny_weights, monkeypatch):
-    (model,) = nodes["BiRefNetLoader"]().load(place(tiny_weights, models_dir), "cpu", "auto", "auto")
+def test_video_node_cancel_keeps_the_stored_state(nodes, pack, models_dir, tiny_checkpoint, monkeypatch):
+    (model,) = nodes["BiRefNetLoader"]().load(place(tiny_checkpoint, models_dir), "cpu", "auto", "auto")
     video = nodes["BiRefNetVideoMatte"]()
     frames = moving_clip()
     reference = [video.matte(model, frames[a:a + 6], **VIDEO_DEFAULTS, node_id="ref")[0] for a in (0, 6)]

@@ -5,24 +5,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
-from safetensors.torch import save_file
 
-from birefnet_core import Predictor, build_model, load_model
+from birefnet_core import Predictor, load_model
 
-from reference import load_make_weights
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def weights_file(tmp_path_factory):
-    model = build_model("pvt_v2_b0")
-    path = tmp_path_factory.mktemp("models") / "tiny.safetensors"
-    save_file(load_make_weights()(model.state_dict(), seed=0), path)
-    return path
 
 
 def cli(*args):
@@ -30,7 +19,7 @@ def cli(*args):
                           capture_output=True, text=True, timeout=300)
 
 
-def test_predict_writes_a_mask_and_a_cutout_per_image(tmp_path, weights_file):
+def test_predict_writes_a_mask_and_a_cutout_per_image(tmp_path, tiny_checkpoint):
     rng = np.random.default_rng(0)
     folder = tmp_path / "in"
     folder.mkdir()
@@ -39,7 +28,7 @@ def test_predict_writes_a_mask_and_a_cutout_per_image(tmp_path, weights_file):
     single = tmp_path / "c.jpg"
     Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8), mode="L").save(single)
     out = tmp_path / "out"
-    result = cli(folder, single, "--model", weights_file, "--out", out, "--resolution", "64", "--device", "cpu")
+    result = cli(folder, single, "--model", tiny_checkpoint, "--out", out, "--resolution", "64", "--device", "cpu")
     assert result.returncode == 0, result.stderr
     for stem, size in (("a", (70, 40)), ("b", (21, 33)), ("c", (16, 16))):
         mask = Image.open(out / f"{stem}_mask.png")
@@ -49,12 +38,12 @@ def test_predict_writes_a_mask_and_a_cutout_per_image(tmp_path, weights_file):
         assert np.array_equal(np.array(rgba)[..., 3], np.array(mask))
     # the mask is the Predictor's probabilities in 8 bits
     image = torch.from_numpy(np.array(Image.open(folder / "a.png").convert("RGB")))
-    probs = Predictor(load_model(weights_file, device="cpu"), resolution=64).predict(image)[0]
+    probs = Predictor(load_model(tiny_checkpoint, device="cpu"), resolution=64).predict(image)[0]
     written = torch.from_numpy(np.array(Image.open(out / "a_mask.png"))).float() / 255
     assert (written - probs).abs().max() <= 0.5 / 255 + 1e-6
 
 
-def test_predict_errors_are_one_line(tmp_path, weights_file):
+def test_predict_errors_are_one_line(tmp_path, tiny_checkpoint):
     image = tmp_path / "x.png"
     Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(image)
     missing_model = cli(image, "--model", tmp_path / "nope.safetensors", "--out", tmp_path / "o")
@@ -62,7 +51,7 @@ def test_predict_errors_are_one_line(tmp_path, weights_file):
     assert missing_model.stderr.strip().count("\n") == 0 and "not found" in missing_model.stderr
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not an image")
-    unreadable = cli(broken, "--model", weights_file, "--out", tmp_path / "o", "--device", "cpu")
+    unreadable = cli(broken, "--model", tiny_checkpoint, "--out", tmp_path / "o", "--device", "cpu")
     assert unreadable.returncode == 1 and "cannot read image" in unreadable.stderr
-    no_input = cli(tmp_path / "absent.png", "--model", weights_file)
+    no_input = cli(tmp_path / "absent.png", "--model", tiny_checkpoint)
     assert no_input.returncode == 1 and "input not found" in no_input.stderr

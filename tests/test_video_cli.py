@@ -15,13 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
 
-from birefnet_core import build_model, load_model
+from birefnet_core import load_model
 from birefnet_core.inference import Predictor
 from birefnet_core.video import TemporalSmoother, matte_frames
 
-from reference import load_make_weights
 
 av = pytest.importorskip("av")
 from birefnet_core.video_io import VideoReader, VideoWriter, read_rgba, write_test_video  # noqa: E402
@@ -30,14 +28,6 @@ REPO = Path(__file__).resolve().parents[1]
 FPS = Fraction(24000, 1001)
 N, H, W = 12, 48, 64
 BATCH = 5  # chunks of 5, 5, 2: the smoother's state crosses two chunk boundaries, the last is short
-
-
-@pytest.fixture(scope="module")
-def weights_file(tmp_path_factory):
-    model = build_model("pvt_v2_b0")
-    path = tmp_path_factory.mktemp("models") / "tiny.safetensors"
-    save_file(load_make_weights()(model.state_dict(), seed=0), path)
-    return path
 
 
 def moving_square(n=N, h=H, w=W):
@@ -58,12 +48,12 @@ def clip(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def expected(clip, weights_file):
+def expected(clip, tiny_checkpoint):
     """RGBA from matte_frames over the whole decoded clip at once, smoothing 'light'."""
     with VideoReader(clip, chunk_size=1000) as reader:
         frames = torch.cat(list(reader))
     assert frames.shape == (N, H, W, 3)
-    predictor = Predictor(load_model(weights_file, device="cpu"), resolution=64, batch_size=BATCH)
+    predictor = Predictor(load_model(tiny_checkpoint, device="cpu"), resolution=64, batch_size=BATCH)
     rgba = matte_frames(predictor, frames, smoother=TemporalSmoother("light")).rgba
     assert rgba[..., 3].std() > 0.03  # a matte with something in it, so the comparisons mean something
     return rgba
@@ -79,10 +69,10 @@ def cli(*args):
     pytest.param("out.webm", "vp9", 16 / 255, 2.0 / 255, 5 / 255, id="vp9"),
     pytest.param("frames/", None, 0.5 / 255 + 1e-6, 0.5 / 255, 0.5 / 255 + 1e-6, id="png"),
 ])
-def test_video_writes_the_alpha_of_matte_frames(tmp_path, clip, weights_file, expected, name, codec, alpha_max,
+def test_video_writes_the_alpha_of_matte_frames(tmp_path, clip, tiny_checkpoint, expected, name, codec, alpha_max,
                                                 alpha_mean, rgb_mean):
     out = tmp_path / name
-    result = cli(clip, "--model", weights_file, "--out", f"{out}/" if name.endswith("/") else out,
+    result = cli(clip, "--model", tiny_checkpoint, "--out", f"{out}/" if name.endswith("/") else out,
                  "--resolution", "64", "--batch-size", BATCH, "--smoothing", "light", "--refine", "none",
                  "--device", "cpu")
     assert result.returncode == 0, result.stderr
@@ -102,7 +92,7 @@ def test_video_writes_the_alpha_of_matte_frames(tmp_path, clip, weights_file, ex
     assert (got[..., :3] - expected[..., :3]).abs().mean() <= rgb_mean
 
 
-def test_video_is_processed_one_chunk_at_a_time(tmp_path, clip, weights_file, expected, monkeypatch):
+def test_video_is_processed_one_chunk_at_a_time(tmp_path, clip, tiny_checkpoint, expected, monkeypatch):
     """matte_frames sees batch_size frames at a time and the writer gets them before the next chunk
     is decoded (nothing grows with the video's length); the smoother carried across chunks gives
     the whole-clip result."""
@@ -129,7 +119,7 @@ def test_video_is_processed_one_chunk_at_a_time(tmp_path, clip, weights_file, ex
     monkeypatch.setattr(video_io.VideoWriter, "write", write)
     monkeypatch.setattr(video_io.VideoReader, "frames", frames)
     out = tmp_path / "png"
-    status = main(["video", str(clip), "--model", str(weights_file), "--out", str(out), "--resolution", "64",
+    status = main(["video", str(clip), "--model", str(tiny_checkpoint), "--out", str(out), "--resolution", "64",
                    "--batch-size", str(BATCH), "--device", "cpu"])
     assert status == 0
     chunks = [(kind, n) for kind, n in events if kind != "decode"]
@@ -139,20 +129,20 @@ def test_video_is_processed_one_chunk_at_a_time(tmp_path, clip, weights_file, ex
     torch.testing.assert_close(read_rgba(out)[..., 3], expected[..., 3], atol=0.5 / 255 + 1e-6, rtol=0)
 
 
-def test_video_errors_are_one_line(tmp_path, clip, weights_file):
+def test_video_errors_are_one_line(tmp_path, clip, tiny_checkpoint):
     def fails(result, text):
         assert result.returncode == 1, result.stderr
         assert result.stderr.strip().count("\n") == 0 and text in result.stderr, result.stderr
         assert result.stderr.startswith("error: ")
 
-    fails(cli(tmp_path / "absent.mp4", "--model", weights_file, "--out", tmp_path / "o.mov"), "input not found")
+    fails(cli(tmp_path / "absent.mp4", "--model", tiny_checkpoint, "--out", tmp_path / "o.mov"), "input not found")
     text = tmp_path / "notes.mp4"
     text.write_text("this is not a video\n" * 20)
-    fails(cli(text, "--model", weights_file, "--out", tmp_path / "o.mov"), f"cannot decode video {text}")
+    fails(cli(text, "--model", tiny_checkpoint, "--out", tmp_path / "o.mov"), f"cannot decode video {text}")
     for bad in ("o.mp4",):
-        fails(cli(clip, "--model", weights_file, "--out", tmp_path / bad), "unknown output extension")
+        fails(cli(clip, "--model", tiny_checkpoint, "--out", tmp_path / bad), "unknown output extension")
         assert not (tmp_path / bad).exists()
-    fails(cli(clip, "--model", weights_file, "--out", tmp_path / "o.mov", "--smoothing", "lots"), "smoothing")
+    fails(cli(clip, "--model", tiny_checkpoint, "--out", tmp_path / "o.mov", "--smoothing", "lots"), "smoothing")
     fails(cli(clip, "--model", tmp_path / "nope.safetensors", "--out", tmp_path / "o.mov"), "not found")
     assert not (tmp_path / "o.mov").exists()  # nothing is written before the model loads
 
