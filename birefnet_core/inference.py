@@ -21,6 +21,8 @@ logger = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_RESOLUTION = (1024, 1024)  # (W, H) when neither the caller nor the model's variant says
+# torch.OutOfMemoryError appeared in torch 2.5; ComfyUI installs may be older
+OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
 
 def auto_dtype(device: torch.device) -> torch.dtype:
@@ -216,7 +218,7 @@ class Predictor:
                 raise ValueError(f"images {start}..{start + len(chunk) - 1} contain NaN or infinite values")
             try:
                 probs = self._probabilities(chunk, h, w)
-            except torch.OutOfMemoryError:
+            except OUT_OF_MEMORY:
                 del chunk
                 if size == 1:
                     raise
