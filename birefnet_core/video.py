@@ -67,25 +67,25 @@ class TemporalSmoother:
 
     def reset(self) -> None:
         self.previous_alpha: Optional[torch.Tensor] = None  # [H, W] float32
-        self.previous_grey: Optional[torch.Tensor] = None  # [3, H/4, W/4] float32
+        self.previous_thumb: Optional[torch.Tensor] = None  # [3, H/4, W/4] float32
         self.frames_seen = 0
 
     @property
     def enabled(self) -> bool:
         return self.strength > 0
 
-    def _grey(self, frame: torch.Tensor) -> torch.Tensor:
+    def _thumbnail(self, frame: torch.Tensor) -> torch.Tensor:
         """[3, H, W] -> the quarter-size colour image [3, h, w] motion is measured on."""
         h, w = frame.shape[-2:]
         return F.interpolate(frame[None], size=(max(1, h // 4), max(1, w // 4)), mode="area")[0]
 
-    def _rate(self, grey: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    def _rate(self, thumb: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
         # the largest change over the colour channels: an edge between two colours of equal
         # brightness moves without changing the grey level
-        change = (grey - self.previous_grey).abs().amax(0)[None, None]
+        change = (thumb - self.previous_thumb).abs().amax(0)[None, None]
         k = self.motion_window
         change = F.avg_pool2d(change, k, stride=1, padding=k // 2, count_include_pad=False)
-        change = change[..., :grey.shape[-2], :grey.shape[-1]]
+        change = change[..., :thumb.shape[-2], :thumb.shape[-1]]
         motion = (change / self.motion_full).clamp(0.0, 1.0)
         base = 1.0 - self.strength
         rate = base + (1.0 - base) * motion
@@ -100,18 +100,18 @@ class TemporalSmoother:
             return probs
         out = torch.empty_like(probs)
         for i in range(len(probs)):  # causal by nature: frame t needs the smoothed frame t-1
-            grey = self._grey(frames[i].float())
+            thumb = self._thumbnail(frames[i].float())
             if self.previous_alpha is not None and (
                     self.previous_alpha.shape != probs[i].shape
-                    or (grey - self.previous_grey.to(grey.device)).mean(0).abs().mean() > self.cut_threshold):
+                    or (thumb - self.previous_thumb.to(thumb.device)).mean(0).abs().mean() > self.cut_threshold):
                 self.reset()
             if self.previous_alpha is None:
                 out[i] = probs[i]
             else:
                 previous = self.previous_alpha.to(probs.device)
-                self.previous_grey = self.previous_grey.to(grey.device)
-                out[i] = torch.lerp(previous, probs[i], self._rate(grey, probs.shape[-2:]))
-            self.previous_alpha, self.previous_grey = out[i].clone(), grey
+                self.previous_thumb = self.previous_thumb.to(thumb.device)
+                out[i] = torch.lerp(previous, probs[i], self._rate(thumb, probs.shape[-2:]))
+            self.previous_alpha, self.previous_thumb = out[i].clone(), thumb
         self.frames_seen += len(probs)
         return out
 
