@@ -1,7 +1,8 @@
 """Command line: ``python -m birefnet_core <command> ...``.
 
-Commands: ``predict`` (masks and cut-outs for image files) and ``bench`` (benchmarks that print
-figures). They are built on the same core API as the ComfyUI nodes.
+Commands: ``predict`` (masks and cut-outs for image files), ``video`` (alpha video for a video
+file), ``eval`` (metrics of predicted masks against ground truth, equal to PySODMetrics) and
+``bench`` (benchmarks that print figures). They are built on the same core API as the ComfyUI nodes.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Optional, Sequence
 
 def build_parser() -> argparse.ArgumentParser:
     from . import bench, predict, video_cli
+    from .train import evaluate
 
     parser = argparse.ArgumentParser(prog="python -m birefnet_core",
                                      description="BiRefNet: segmentation, matting, video, evaluation and benchmarks.")
@@ -20,6 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_arguments(commands.add_parser("predict", help="write a mask and an RGBA cut-out per image"))
     video_cli.add_arguments(commands.add_parser("video", help="write an alpha video (ProRes 4444, VP9 WebM or PNGs) "
                                                               "for a video file"))
+    evaluate.add_arguments(commands.add_parser("eval", help="metrics (S, F, E, wF, MAE, HCE) of predicted masks "
+                                                            "against ground-truth masks"))
     bench.add_arguments(commands.add_parser("bench", help="print speed and memory figures"))
     return parser
 
@@ -38,6 +42,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from . import video_cli
 
         return video_cli.run(args)
+    if args.command == "eval":
+        from .train import evaluate
+
+        return evaluate.run(args)
     from . import bench
 
     bench.run(args)
