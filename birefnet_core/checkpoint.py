@@ -125,6 +125,43 @@ def peek_backbone(path: Union[str, os.PathLike]) -> Optional[str]:
         return None
 
 
+def read_metadata(path: Union[str, os.PathLike]) -> Dict[str, str]:
+    """The string metadata of a ``.safetensors`` file's header ({} for other files or none)."""
+    if not str(path).lower().endswith(".safetensors"):
+        return {}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception:
+        return {}
+
+
+def save_weights(model: torch.nn.Module, path: Union[str, os.PathLike], *,
+                 metadata: Optional[Mapping[str, str]] = None) -> Path:
+    """Write a BiRefNet's weights as ``.safetensors`` with the official key layout (wrappers such
+    as DDP's ``module.`` and torch.compile's ``_orig_mod.`` stripped), recording its backbone and
+    patch order in the header so that :func:`load_model` needs no guess. Written to a temporary
+    name first and renamed, so an interruption never leaves a half-written file."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    inner = getattr(model, "module", model)
+    inner = getattr(inner, "_orig_mod", inner)
+    sd = {k: v.detach().to("cpu").contiguous() for k, v in normalise_state_dict(inner.state_dict()).items()}
+    meta = {"format": "pt", "birefnet.backbone": detect_backbone(sd)}
+    order = getattr(inner, "patch_order", None)
+    if order is not None:
+        meta["birefnet.patch_order"] = PatchOrder.parse(order).value
+    meta.update({str(k): str(v) for k, v in (metadata or {}).items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    save_file(sd, str(partial), metadata=meta)
+    os.replace(partial, path)
+    return path
+
+
 def normalise_state_dict(sd: Mapping[str, torch.Tensor]) -> StateDict:
     """``sd`` with leading ``module.`` and ``_orig_mod.`` (any order, repeated) stripped from every
     key. Tensors are kept as they are (any dtype); nothing is dropped."""
@@ -339,7 +376,8 @@ def load_model(source: Source, *, device: Union[None, str, torch.device] = None,
             logger.warning("%s is named like registry model %s (%s) but holds a %s BiRefNet; ignoring the name",
                            path, named.name, named.backbone, backbone)
             named = None
-    order, why = _choose_patch_order(patch_order, variant, named)
+    recorded = read_metadata(path).get("birefnet.patch_order") if path is not None else None
+    order, why = _choose_patch_order(patch_order, variant, named, recorded)
     logger.info("BiRefNet %s from %s: patch order %s (%s)", backbone, path or "a state dict", order.value, why)
 
     # build without memory on 'meta', then take over the tensors already moved to device and dtype
@@ -355,9 +393,14 @@ def load_model(source: Source, *, device: Union[None, str, torch.device] = None,
 
 
 def _choose_patch_order(requested: Union[None, str, PatchOrder], variant: Optional[Variant],
-                        named: Optional[Variant]) -> Tuple[PatchOrder, str]:
+                        named: Optional[Variant], recorded: Optional[str] = None) -> Tuple[PatchOrder, str]:
     if requested is not None and str(getattr(requested, "value", requested)).lower() != "auto":
         return PatchOrder.parse(requested), "requested"
+    if recorded:
+        try:
+            return PatchOrder.parse(recorded), "recorded in the file"
+        except ValueError:
+            logger.warning("ignoring unknown patch order %r recorded in the checkpoint", recorded)
     if variant is not None:
         return variant.patch_order, f"registry entry {variant.name}"
     if named is not None:
@@ -367,4 +410,5 @@ def _choose_patch_order(requested: Union[None, str, PatchOrder], variant: Option
 
 
 __all__ = ["MODELS_DIR_ENV", "WEIGHTS_SUFFIXES", "default_device", "default_models_dir", "detect_backbone", "peek_backbone",
-           "load_model", "load_state_dict_into", "normalise_state_dict", "read_state_dict"]
+           "load_model", "load_state_dict_into", "normalise_state_dict", "read_metadata", "read_state_dict",
+           "save_weights"]
