@@ -96,25 +96,25 @@ def test_training_writes_checkpoints_the_loader_and_the_nodes_open(data, tmp_pat
 
 
 def test_resume_after_an_interrupt_gives_the_uninterrupted_weights(data, tmp_path, monkeypatch):
-    straight = train(config(data, tmp_path / "straight", epochs=2, max_batches=3, batch_size=2))
+    straight = train(config(data, tmp_path / "straight", epochs=2, max_batches=2, batch_size=2))
     calls = {"n": 0}
     original = Trainer._train_step
 
     def interrupted_step(self, *args):
         calls["n"] += 1
-        if calls["n"] == 5:  # in the middle of epoch 2
+        if calls["n"] == 4:  # the second batch of epoch 2
             raise KeyboardInterrupt
         return original(self, *args)
 
     monkeypatch.setattr(Trainer, "_train_step", interrupted_step)
-    first = train(config(data, tmp_path / "run", epochs=2, max_batches=3, batch_size=2))
+    first = train(config(data, tmp_path / "run", epochs=2, max_batches=2, batch_size=2))
     assert first.interrupted and first.epochs_done == 1
     state = torch.load(tmp_path / "run" / "state.pt", weights_only=True)
     assert (state["next_epoch"], state["next_batch"]) == (2, 1)
     monkeypatch.setattr(Trainer, "_train_step", original)
     with pytest.raises(TrainingError, match="already holds a training run"):
-        train(config(data, tmp_path / "run", epochs=2, max_batches=3, batch_size=2))
-    resumed = train(config(data, tmp_path / "run", epochs=2, max_batches=3, batch_size=2,
+        train(config(data, tmp_path / "run", epochs=2, max_batches=2, batch_size=2))
+    resumed = train(config(data, tmp_path / "run", epochs=2, max_batches=2, batch_size=2,
                            resume=str(tmp_path / "run")))
     assert resumed.epochs_done == 2 and not resumed.interrupted
     assert_same_weights(weights(straight.last), weights(resumed.last))

@@ -24,9 +24,9 @@ from typing import Any, Dict, Iterable, List, Sequence, Tuple
 
 import numpy as np
 
+from .data import IMAGE_SUFFIXES
 from .metrics import HIGHER_IS_BETTER, METRIC_NAMES, SegmentationMetrics
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 PREDICT_MASK_SUFFIX = "_mask"  # what ``predict`` appends to a stem
 PREDICT_CUTOUT_SUFFIX = "_rgba"
 
