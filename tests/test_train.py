@@ -209,8 +209,8 @@ def test_options_that_change_the_step_run(data, tmp_path):
     """Gradient accumulation, bfloat16 autocast and dynamic sizes each train (finite losses, and
     the weights move)."""
     for name, kw in (("acc", dict(batch_size=4, accumulate=2)), ("bf16", dict(precision="bf16")),
-                     ("dyn", dict(dynamic_size=(64, 128), augment=("flip", "rotate")))):
-        result = train(config(data, tmp_path / name, epochs=1, max_batches=2, **kw))
+                     ("dyn", dict(dynamic_size=(64, 96), augment=("flip", "rotate")))):
+        result = train(config(data, tmp_path / name, epochs=1, max_batches=1, **kw))
         row = result.history[-1]
         assert np.isfinite(row["loss"]) and row["loss"] > 0, name
 
@@ -275,13 +275,51 @@ def test_two_process_ddp_trains_like_one_process_with_the_doubled_batch(data, tm
     a, b = weights(tmp_path / "one" / "last.safetensors"), weights(tmp_path / "two" / "last.safetensors")
     loss_one = float(list(csv.DictReader(open(tmp_path / "one" / "log.csv")))[0]["loss"])
     loss_two = float(list(csv.DictReader(open(tmp_path / "two" / "log.csv")))[0]["loss"])
-    assert loss_two == pytest.approx(loss_one, rel=1e-5)
-    # Adam turns a gradient that is zero up to rounding into a step of +-lr, so a few elements
-    # may differ by up to 2 lr per step; everything else must agree to rounding
+    # the second step starts from weights that may differ by Adam's rounding flips (below)
+    assert loss_two == pytest.approx(loss_one, rel=2e-4)
+    # Adam turns a gradient that is zero up to rounding (a conv bias before batch norm, say)
+    # into a step of +-lr, so weights cannot agree elementwise; measured against the update
+    # itself, the difference is at the level of one process run with 1 vs 2 threads (5 % here),
+    # while per-process batch norm (the official DDP behaviour) differs by more than 100 %
+    torch.manual_seed(3)
+    start = build_model("pvt_v2_b0").state_dict()
     params = [k for k in a if "running" not in k and "num_batches" not in k]
-    total = sum(a[k].numel() for k in params)
-    off = sum(int(((a[k] - b[k]).abs() > 1e-5).sum()) for k in params)
-    assert off / total < 1e-3, f"{off} of {total} weights differ"
-    for k in a:
-        if "running" in k:  # batch statistics of the global batch
-            torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-4, msg=k)
+
+    def norm(d):
+        return float(sum((d(k) ** 2).sum() for k in params) ** 0.5)
+
+    update = norm(lambda k: a[k] - start[k])
+    assert update > 0
+    assert norm(lambda k: a[k] - b[k]) / update < 0.15
+    stats = [k for k in a if "running" in k]  # batch statistics of the global batch
+    diff = float(sum(((a[k] - b[k]) ** 2).sum() for k in stats) ** 0.5)
+    assert diff / float(sum((a[k] ** 2).sum() for k in stats) ** 0.5) < 1e-3
+
+
+def test_the_training_step_fits_a_batch_of_synthetic_images(tmp_path):
+    """Loss, gradients and optimiser wired the right way round: 15 steps on one batch of the
+    synthetic DIS-like data take the mask IoU from chance to most of the object."""
+    from birefnet_core.train import distributed
+    from birefnet_core.train.data import collate
+    from birefnet_core.train.synthetic import write_dataset
+
+    write_dataset(tmp_path / "d", 4, size=(64, 64), seed=0, difficulty="easy")
+    cfg = TrainConfig(data=[str(tmp_path / "d")], out=str(tmp_path / "run"), backbone="pvt_v2_b0", size=(64, 64),
+                      epochs=1, batch_size=4, lr=1e-3, workers=0, progress=False, tensorboard=False, seed=3,
+                      augment=("none",), aspp_dropout=0.0)
+    trainer = Trainer(cfg, distributed.Context())
+    x, y, _ = collate([trainer.dataset[(i, (64, 64), 1)] for i in range(4)])
+
+    def iou():
+        trainer.model.eval()
+        with torch.no_grad():
+            p = trainer.model(x).sigmoid() > 0.5
+        trainer.model.train()
+        t = y > 0.5
+        return float((p & t).sum() / (p | t).sum())
+
+    before = iou()
+    losses = [trainer._train_step(x, y, trainer.base_weights)["loss"] for _ in range(15)]
+    after = iou()
+    assert before < 0.3 and after > 0.6, (before, after)
+    assert losses[-1] < 0.85 * losses[0]
