@@ -470,10 +470,13 @@ class Trainer:
                 row.update({f"val_{k}": v for k, v in self.validate().items()})
             if ctx.distributed:
                 torch.distributed.barrier()
+        improved = self._improved(row)
         save_epoch = epoch if (epoch % cfg.save_every == 0 or epoch == cfg.epochs) else None
         self.save(epoch_file=save_epoch)
         if ctx.main:
-            self._keep_best(row)
+            if improved is not None:
+                save_weights(self.model, self.out / "best.safetensors",
+                             metadata={"birefnet.trained_epochs": str(epoch), improved: f"{row[improved]:.6f}"})
             self._log(row)
         self.history.append(row)
 
@@ -491,17 +494,13 @@ class Trainer:
         finally:
             model.train(was_training)
 
-    def _keep_best(self, row: Dict[str, float]) -> None:
+    def _improved(self, row: Dict[str, float]) -> Optional[str]:
+        """The validation score that improved on the best so far (S-measure, else IoU), or None."""
         key = "val_S" if "val_S" in row else ("val_IoU" if "val_IoU" in row else None)
-        if key is None:
-            return
-        if self.best is None or row[key] > self.best:
-            self.best = float(row[key])
-            save_weights(self.model, self.out / "best.safetensors",
-                         metadata={"birefnet.trained_epochs": str(int(row["epoch"])), key: f"{row[key]:.6f}"})
-            partial = self.out / "state.pt.partial"  # keep the best score in the resume state
-            torch.save(self._state(), partial)
-            os.replace(partial, self.out / "state.pt")
+        if key is None or (self.best is not None and row[key] <= self.best):
+            return None
+        self.best = float(row[key])
+        return key
 
     # --------------------------------------------------------------------------------- logging
 
