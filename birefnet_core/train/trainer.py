@@ -274,7 +274,12 @@ class Trainer:
             except RuntimeError as err:
                 raise TrainingError(f"cannot resume: the saved weights do not fit the network ({err})") from err
         elif cfg.init:
+            # a registry name may download: the main process fetches it, the others then read the file
+            if self.ctx.distributed and not self.ctx.main:
+                torch.distributed.barrier()
             model = load_model(cfg.init, device="cpu", dtype=torch.float32)
+            if self.ctx.distributed and self.ctx.main:
+                torch.distributed.barrier()
             if cfg.backbone is not None and cfg.backbone != model.config.backbone:
                 raise TrainingError(f"--init {cfg.init} is a {model.config.backbone} BiRefNet but --backbone is "
                                     f"{cfg.backbone}")
