@@ -197,13 +197,18 @@ def augment(image: Image.Image, mask: Image.Image, rng: np.random.Generator,
     return image, mask
 
 
-def to_tensors(image: Image.Image, mask: Image.Image) -> Tuple[torch.Tensor, torch.Tensor]:
-    """ImageNet-normalised [3, H, W] float32 and the mask [1, H, W] in 0..1."""
+def image_tensor(image: Image.Image) -> torch.Tensor:
+    """An RGB image as the network's input: ImageNet-normalised [3, H, W] float32."""
     x = torch.from_numpy(np.asarray(image, dtype=np.float32).copy()).permute(2, 0, 1).div_(255.0)
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return (x - mean) / std
+
+
+def to_tensors(image: Image.Image, mask: Image.Image) -> Tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet-normalised [3, H, W] float32 and the mask [1, H, W] in 0..1."""
     y = torch.from_numpy(np.asarray(mask, dtype=np.float32).copy()).unsqueeze(0).div_(255.0)
-    return (x - mean) / std, y
+    return image_tensor(image), y
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
@@ -326,5 +331,5 @@ def default_workers(batch_size: int) -> int:
 
 
 __all__ = ["Augmentation", "BatchPlan", "DataError", "IMAGE_SUFFIXES", "Pair", "SegmentationDataset", "SizePolicy",
-           "augment", "collate", "default_workers", "find_pairs", "loader", "read_image", "read_mask",
+           "augment", "collate", "default_workers", "find_pairs", "image_tensor", "loader", "read_image", "read_mask",
            "to_tensors"]

@@ -123,15 +123,6 @@ def use_global_batch_norm(module: nn.Module) -> int:
     return converted
 
 
-def broadcast_object(value, src: int = 0):
-    """``value`` from process ``src`` on every process (identity in one process)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
-
-
 def average(values: torch.Tensor) -> torch.Tensor:
     """The mean of ``values`` over processes (identity in one process)."""
     if not (dist.is_available() and dist.is_initialized()):
@@ -141,4 +132,4 @@ def average(values: torch.Tensor) -> torch.Tensor:
     return values / dist.get_world_size()
 
 
-__all__ = ["Context", "GlobalBatchNorm2d", "average", "broadcast_object", "setup", "teardown", "use_global_batch_norm"]
+__all__ = ["Context", "GlobalBatchNorm2d", "average", "setup", "teardown", "use_global_batch_norm"]

@@ -40,6 +40,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from ..checkpoint import load_model, normalise_state_dict, read_state_dict, save_weights
@@ -48,7 +49,7 @@ from ..models import BiRefNet, build_model
 from ..progress import ConsoleProgress
 from . import distributed
 from .data import (Augmentation, BatchPlan, DataError, SegmentationDataset, SizePolicy, default_workers, find_pairs,
-                   loader)
+                   image_tensor, loader, read_image, read_mask)
 from .losses import RECIPES, LossWeights, training_loss, weights_for_epoch
 
 logger = logging.getLogger(__name__)
@@ -578,16 +579,14 @@ def evaluate_model(model: nn.Module, pairs: Sequence, size: Tuple[int, int], *, 
     """IoU at 0.5 and the standard metrics (:mod:`birefnet_core.train.metrics`) of ``model``'s
     predictions at ``size`` (W, H), resized back to each mask's size and quantised to 8 bits
     as a saved PNG would be."""
-    from .data import read_mask
-
     device = device or next(model.parameters()).device
-    dataset = SegmentationDataset(pairs, augmentation=Augmentation.none(), default_size=size)
     metrics = validation_metrics()
     ious: List[float] = []
     bar = ConsoleProgress(len(pairs), "validate") if progress else None
     for first in range(0, len(pairs), batch_size):
         indices = range(first, min(len(pairs), first + batch_size))
-        images = torch.stack([dataset[i][0] for i in indices]).to(device)
+        images = torch.stack([image_tensor(read_image(pairs[i].image).resize(size, Image.Resampling.BILINEAR))
+                              for i in indices]).to(device)
         ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
         with ctx:
             logits = model(images)
