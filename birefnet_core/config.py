@@ -34,11 +34,16 @@ class PatchOrder(str, Enum):
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """A backbone: its family and the channels of its four outputs (strides 4, 8, 16, 32)."""
+    """A backbone: its family, the channels of its four outputs (strides 4, 8, 16, 32) and the
+    smallest network input side it runs at (a multiple of 32)."""
 
     name: str
     family: str  # "swin_v1" or "pvt_v2"
     channels: Tuple[int, int, int, int]
+    # The network also sees the image at half size; PVT-v2's first stage reduces its keys with an
+    # 8x8 stride-8 convolution of the stride-4 map, so the half-size image needs 32 px per side.
+    # Swin pads every stage to its window and runs at any multiple of 32.
+    min_side: int = 32
 
 
 BACKBONES = {
@@ -48,10 +53,10 @@ BACKBONES = {
         BackboneSpec("swin_v1_s", "swin_v1", (96, 192, 384, 768)),
         BackboneSpec("swin_v1_b", "swin_v1", (128, 256, 512, 1024)),
         BackboneSpec("swin_v1_l", "swin_v1", (192, 384, 768, 1536)),
-        BackboneSpec("pvt_v2_b0", "pvt_v2", (32, 64, 160, 256)),
-        BackboneSpec("pvt_v2_b1", "pvt_v2", (64, 128, 320, 512)),
-        BackboneSpec("pvt_v2_b2", "pvt_v2", (64, 128, 320, 512)),
-        BackboneSpec("pvt_v2_b5", "pvt_v2", (64, 128, 320, 512)),
+        BackboneSpec("pvt_v2_b0", "pvt_v2", min_side=64, channels=(32, 64, 160, 256)),
+        BackboneSpec("pvt_v2_b1", "pvt_v2", min_side=64, channels=(64, 128, 320, 512)),
+        BackboneSpec("pvt_v2_b2", "pvt_v2", min_side=64, channels=(64, 128, 320, 512)),
+        BackboneSpec("pvt_v2_b5", "pvt_v2", min_side=64, channels=(64, 128, 320, 512)),
     )
 }
 

@@ -113,35 +113,80 @@ class Resolution:
         return f"keep:{self.long_side}" if self.long_side else f"{self.width}x{self.height}"
 
 
-def as_images(images: torch.Tensor) -> torch.Tensor:
+LAYOUTS = ("BCHW", "BHWC")
+_warned: set = set()
+
+
+def warn_once(key: str, message: str, *args) -> None:
+    """Log ``message`` as a warning the first time ``key`` is seen in this process."""
+    if key not in _warned:
+        _warned.add(key)
+        logger.warning(message, *args)
+
+
+def as_images(images: torch.Tensor, layout: str = "auto") -> torch.Tensor:
     """Any accepted image batch -> a [B, 3, H, W] view of it (same device and dtype, no copy).
 
-    Accepts [B, C, H, W] or [B, H, W, C] (channels-last, as ComfyUI's IMAGE) or a single image
-    without batch dimension, with C = 1 (grey, repeated), 3 (RGB) or 4 (RGBA, alpha dropped);
-    float values in 0..1, or uint8 0..255 (see :func:`to_unit_float`).
+    ``layout`` states where the channels are: "BCHW" (or "CHW" for one image), "BHWC" (or
+    "HWC"; channels-last, as ComfyUI's IMAGE and decoded video), or "auto", which accepts only
+    shapes with a single reading and refuses ambiguous ones (e.g. [1, 3, W, 3], an image 3
+    pixels tall) instead of guessing from the image's size. C = 1 (grey, repeated), 3 (RGB) or 4
+    (RGBA, alpha dropped); values as :func:`to_unit_float` accepts them.
     """
     if not isinstance(images, torch.Tensor):
         raise ValueError(f"images must be a torch.Tensor, got {type(images).__name__}")
+    layout = layout.upper()
+    if layout in ("CHW", "HWC"):
+        layout = "B" + layout
+    if layout not in LAYOUTS + ("AUTO",):
+        raise ValueError(f"layout must be 'BCHW', 'BHWC' or 'auto', got {layout!r}")
     if images.dim() == 3:
         images = images.unsqueeze(0)
     if images.dim() != 4:
         raise ValueError(f"images must be [B, C, H, W] or [B, H, W, C], got shape {list(images.shape)}")
-    if images.shape[1] not in (1, 3, 4) and images.shape[-1] in (1, 3, 4):
+    if layout == "AUTO":
+        first, last = images.shape[1] in (1, 3, 4), images.shape[-1] in (1, 3, 4)
+        if first and last:
+            raise ValueError(f"image shape {list(images.shape)} reads both as [B, C, H, W] and as [B, H, W, C]: "
+                             "pass layout='BCHW' or layout='BHWC'")
+        layout = "BHWC" if last else "BCHW"
+    if layout == "BHWC":
         images = images.permute(0, 3, 1, 2)
     if images.shape[1] not in (1, 3, 4):
-        raise ValueError(f"images must have 1, 3 or 4 channels, got shape {list(images.shape)}")
-    if images.dtype != torch.uint8 and not images.is_floating_point():
-        raise ValueError(f"images must be float in 0..1 or uint8, got {images.dtype}")
+        raise ValueError(f"images ({layout}) must have 1, 3 or 4 channels, got shape {list(images.shape)}")
+    if images.dtype == torch.bool or images.is_complex():
+        raise ValueError(f"images must be float in 0..1 or integer 8-bit levels, got {images.dtype}")
     if images.shape[1] == 1:
         return images.expand(-1, 3, -1, -1)
     return images[:, :3]
 
 
-def to_unit_float(images: torch.Tensor) -> torch.Tensor:
-    """float32 in 0..1: uint8 divided by 255, floats clamped."""
-    if images.dtype == torch.uint8:
-        return images.float() / 255.0
-    return images.float().clamp(0.0, 1.0)
+def to_unit_float(values: torch.Tensor) -> torch.Tensor:
+    """Images or masks as float32 in 0..1, whatever the dtype (same device; no copy when the
+    values are float32 in 0..1 already).
+
+    uint8 and other integer dtypes are 8-bit levels, divided by 255 (torch.uint16 by 65535);
+    integer values outside 0..255 are an error (scale 16-bit data to float first). Floats are
+    expected in 0..1: values outside are clamped, with a warning the first time.
+    """
+    if values.dtype == torch.uint8:
+        return values.float() / 255.0
+    if values.dtype == getattr(torch, "uint16", None):
+        return values.float() / 65535.0
+    if not values.is_floating_point():
+        if values.dtype == torch.bool or values.is_complex():
+            raise ValueError(f"image or mask values must be float in 0..1 or 8-bit integer levels, got {values.dtype}")
+        if values.numel() and (int(values.min()) < 0 or int(values.max()) > 255):
+            raise ValueError(f"integer image or mask values must be 8-bit levels 0..255, got {int(values.min())}.."
+                             f"{int(values.max())} ({values.dtype}); convert other ranges to float 0..1")
+        return values.float() / 255.0
+    values = values.float()
+    if values.numel() and not (float(values.min()) >= 0.0 and float(values.max()) <= 1.0):
+        if bool(torch.isfinite(values).all()):  # NaN and infinity are refused where they matter
+            warn_once("range", "image or mask values outside 0..1 (%.3g..%.3g) are clamped to 0..1",
+                      float(values.min()), float(values.max()))
+        values = values.clamp(0.0, 1.0)
+    return values
 
 
 class Predictor:
@@ -153,23 +198,32 @@ class Predictor:
         resolution: see :meth:`Resolution.parse`; default the model variant's native size.
         batch_size: images per forward pass; larger batches are cut into chunks.
         dtype: inference dtype; default the model's own (``load_model`` applies :func:`auto_dtype`).
+            The dtype and device belong to the model: predictors sharing a model follow it when
+            one of them (or anyone) casts or moves it.
     """
 
     def __init__(self, model: torch.nn.Module, *, resolution=None, batch_size: int = 1,
                  dtype: Union[None, str, torch.dtype] = None) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        parameter = next(model.parameters())
-        self.device = parameter.device
-        self.dtype = parameter.dtype if dtype is None else parse_dtype(dtype, self.device)
+        self.model = model.eval()
+        if dtype is not None:
+            self.model.to(dtype=parse_dtype(dtype, self.device))
         variant = getattr(model, "variant", None)
         native = tuple(variant.resolution) if variant is not None else DEFAULT_RESOLUTION
         self.resolution = Resolution.parse(resolution, native)
+        config = getattr(model, "config", None)
+        self.min_side = config.spec.min_side if config is not None else 32
         self.batch_size = batch_size
-        self.model = model.eval().to(dtype=self.dtype)
-        self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
-        self._std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
         self._warned_memory = False
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
 
     def _probabilities(self, chunk: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """Probabilities [n, h, w] float32 for one chunk already on the device."""
@@ -186,23 +240,38 @@ class Predictor:
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """float [B, 3, H, W] in 0..1 on the model's device -> normalised network input."""
-        size = self.resolution.size_for(images.shape[-2], images.shape[-1])
+        size = self.network_size(images.shape[-2], images.shape[-1])
         x = images
         if tuple(x.shape[-2:]) != size:
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-        return ((x - self._mean) / self._std).to(self.dtype)
+        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+        return ((x - mean) / std).to(self.dtype)
+
+    def network_size(self, height: int, width: int) -> Tuple[int, int]:
+        """(H, W) the network runs at for an input of ``height`` x ``width``: the resolution's,
+        with each side raised to the backbone's smallest working size (warned once)."""
+        h, w = self.resolution.size_for(height, width)
+        if min(h, w) < self.min_side:
+            warn_once(f"min_side {h}x{w}", "network size %dx%d is below the smallest this backbone runs at (%d per "
+                      "side); using %dx%d", w, h, self.min_side, max(w, self.min_side), max(h, self.min_side))
+            h, w = max(h, self.min_side), max(w, self.min_side)
+        return h, w
 
     @torch.inference_mode()
     def predict(self, images: torch.Tensor, *, progress: Optional[Callable[[int, int], None]] = None,
-                out: Optional[torch.Tensor] = None) -> torch.Tensor:
+                out: Optional[torch.Tensor] = None, layout: str = "auto") -> torch.Tensor:
         """Probabilities [B, H, W] float32 in 0..1 at the input size, on the input's device.
+
+        ``images``: [B, C, H, W] or [B, H, W, C] as ``layout`` says (see :func:`as_images`;
+        "auto" refuses shapes that read both ways), float 0..1 or 8-bit integer levels.
 
         ``progress(done, total)`` is called after every chunk (and may raise to cancel: what was
         written to ``out`` so far stays, nothing else changes); ``out`` is an optional
         preallocated [B, H, W] float32 tensor to write into. When the device runs out of memory
         the chunk is halved and retried (logged once); at one image per chunk the error is raised.
         """
-        images = as_images(images)
+        images = as_images(images, layout)
         b, _, h, w = images.shape
         if h == 0 or w == 0:
             raise ValueError(f"images must not be empty, got {h}x{w}")

@@ -151,7 +151,7 @@ def matte_frames(
     """
     if frames.dim() != 4 or frames.shape[-1] not in (1, 3, 4):
         raise ValueError(f"frames must be [N, H, W, C] with C = 1, 3 or 4, got {list(frames.shape)}")
-    pixels = as_images(frames.movedim(-1, 1))
+    pixels = as_images(frames, "BHWC")
     n, _, h, w = pixels.shape
     parse_color(background_color)
     if outputs is None:
@@ -160,7 +160,7 @@ def matte_frames(
     for start in range(0, n, predictor.batch_size):
         stop = min(n, start + predictor.batch_size)
         chunk = to_unit_float(pixels[start:stop].to(device))
-        probs = predictor.predict(chunk)
+        probs = predictor.predict(chunk, layout="BCHW")
         if smoother is not None:
             probs = smoother(chunk, probs)
         if matte is not None:

@@ -9,7 +9,7 @@ import torch
 
 from ..birefnet_core.matting import FOREGROUND_METHODS, MatteOptions, over_color, over_image, parse_color, refine_matte
 from . import comfy
-from .tensors import image_and_mask
+from .tensors import comfy_pixels, image_and_mask
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class BiRefNetMatteRefine:
         pixels, alpha = image_and_mask(image, mask)
         fg, refined = run_matte(pixels, alpha, options, batch_size)
         if background is not None:
-            backdrop = background[..., :3].movedim(-1, 1).float()
+            backdrop = comfy_pixels(background)
             composite = over_image(fg, refined, backdrop)
         else:
             composite = over_color(fg, refined, background_color)

@@ -97,7 +97,7 @@ class BiRefNetSegment:
         pixels = comfy_pixels(image)
         report = comfy.progress_reporter(int(pixels.shape[0]), "segment")
         out = torch.empty(pixels.shape[0], *pixels.shape[2:], dtype=torch.float32)  # CPU, written per chunk
-        alpha = threshold(predictor.predict(pixels, progress=report, out=out), mask_threshold)
+        alpha = threshold(predictor.predict(pixels, progress=report, out=out, layout="BCHW"), mask_threshold)
         comfy.free_cached_memory()
         if foreground != "none":  # true foreground colours in the soft edges, on the model's device
             pixels, _ = run_matte(pixels, alpha, MatteOptions(foreground=foreground), batch_size, model.device,

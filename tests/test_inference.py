@@ -61,7 +61,7 @@ def test_chunking_does_not_change_the_result_and_reports_progress():
 
 
 def test_tiny_and_large_images(predictor):
-    one_pixel = predictor.predict(torch.rand(1, 3, 1, 1))
+    one_pixel = predictor.predict(torch.rand(1, 3, 1, 1), layout="BCHW")
     assert one_pixel.shape == (1, 1, 1) and bool(torch.isfinite(one_pixel).all())
     wide = predictor.predict(torch.rand(1, 3, 9, 4000))
     assert wide.shape == (1, 9, 4000) and 0 <= wide.min() <= wide.max() <= 1
@@ -77,7 +77,8 @@ def test_empty_batch_gives_an_empty_mask(predictor):
 @pytest.mark.parametrize("bad,message", [
     (torch.full((1, 3, 8, 8), float("nan")), "NaN or infinite"),
     (torch.full((1, 3, 8, 8), float("inf")), "NaN or infinite"),
-    (torch.zeros(1, 3, 8, 8, dtype=torch.int32), "float in 0..1 or uint8"),
+    (torch.zeros(1, 3, 8, 8, dtype=torch.bool), "float in 0..1 or integer 8-bit levels"),
+    (torch.full((1, 3, 8, 8), 300, dtype=torch.int32), "8-bit levels 0..255"),
     (torch.zeros(1, 2, 8, 8), "1, 3 or 4 channels"),
     (torch.zeros(8, 8), r"\[B, C, H, W\]"),
     (torch.zeros(1, 3, 0, 8), "must not be empty"),
@@ -158,3 +159,60 @@ def test_out_of_memory_halves_the_chunk_and_reports_once(caplog):
     assert caplog.text.count("out of memory") == 1
     with pytest.raises(torch.OutOfMemoryError):
         Predictor(RunsOutOfMemoryAbove(model, limit=0), resolution=64, batch_size=2).predict(images)
+
+
+@pytest.mark.parametrize("height", [1, 3, 4])
+def test_the_caller_states_the_layout_of_images_a_few_pixels_tall(predictor, height):
+    """An image 1, 3 or 4 pixels tall reads the same in either layout, never by a guess from its size."""
+    pixels = torch.rand(2, 3, height, 20, generator=torch.Generator().manual_seed(height))  # B C H W
+    channels_first = predictor.predict(pixels, layout="BCHW")
+    channels_last = predictor.predict(pixels.permute(0, 2, 3, 1).contiguous(), layout="BHWC")
+    assert channels_first.shape == (2, height, 20)
+    torch.testing.assert_close(channels_first, channels_last, atol=1e-6, rtol=0)  # memory order only
+    with pytest.raises(ValueError, match="reads both as"):  # ambiguous without a layout: refused, not guessed
+        predictor.predict(pixels.permute(0, 2, 3, 1)[:, :, :4, :])
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.int32, torch.int64])
+def test_integer_images_are_8_bit_levels(predictor, dtype):
+    levels = torch.randint(0, 256, (1, 3, 16, 24), generator=torch.Generator().manual_seed(1))
+    want = predictor.predict(levels.float() / 255, layout="BCHW")
+    torch.testing.assert_close(predictor.predict(levels.to(dtype), layout="BCHW"), want, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="8-bit levels 0..255"):
+        predictor.predict((levels * 257).to(torch.int32), layout="BCHW")
+
+
+def test_float_values_outside_0_1_are_clamped_with_one_warning(predictor, caplog):
+    from birefnet_core import inference
+
+    inference._warned.discard("range")
+    image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    with caplog.at_level("WARNING"):
+        got = predictor.predict(image * 3 - 1, layout="BCHW")
+        predictor.predict(image * 3 - 1, layout="BCHW")
+    torch.testing.assert_close(got, predictor.predict((image * 3 - 1).clamp(0, 1), layout="BCHW"))
+    assert [r.message for r in caplog.records].count(caplog.records[0].message) == 1
+    assert "outside 0..1" in caplog.records[0].message
+
+
+@pytest.mark.parametrize("resolution,size", [("32", (64, 64)), ("keep:32", (64, 64)), ("32x128", (128, 64))])
+def test_sizes_below_the_backbone_minimum_are_raised_to_it(resolution, size):
+    """PVT-v2 runs at sides of 64 and more; smaller sizes the widgets and keep:N allow are raised."""
+    predictor = Predictor(tiny_model(), resolution=resolution)
+    assert predictor.min_side == 64 and predictor.network_size(40, 70) == size  # (H, W)
+    probs = predictor.predict(torch.rand(1, 3, 40, 40), layout="BCHW")
+    assert probs.shape == (1, 40, 40) and bool(torch.isfinite(probs).all())
+
+
+def test_predictors_sharing_a_model_follow_its_dtype():
+    model = tiny_model()
+    image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    first = Predictor(model, resolution=64)
+    want = first.predict(image, layout="BCHW")
+    second = Predictor(model, resolution=64, dtype="bfloat16")  # casts the shared model
+    assert first.dtype == second.dtype == torch.bfloat16
+    assert (first.predict(image, layout="BCHW") - want).abs().max() < 0.02  # the first still runs
+    model.float()  # cast back (the weights keep their bfloat16 rounding): both follow again
+    assert second.dtype == torch.float32
+    torch.testing.assert_close(second.predict(image, layout="BCHW"), first.predict(image, layout="BCHW"), atol=0,
+                               rtol=0)

@@ -325,3 +325,28 @@ def test_video_node_cancel_keeps_the_stored_state(nodes, pack, models_dir, tiny_
             video.matte(model, frames[6:], **VIDEO_DEFAULTS, node_id="cancelled")
     resumed = video.matte(model, frames[6:], **VIDEO_DEFAULTS, node_id="cancelled")[0]
     torch.testing.assert_close(resumed, reference[1])
+
+
+def test_integer_images_and_masks_are_scaled_like_video_frames(nodes, models_dir, tiny_checkpoint):
+    """A uint8 (or other integer) IMAGE/MASK holds 8-bit levels: Segment, Matte Refine and Video
+    Frames divide by 255 alike, none saturates it to white."""
+    (model,) = nodes["BiRefNetLoader"]().load(place(tiny_checkpoint, models_dir), "cpu", "float32", "auto")
+    levels = (images(batch=2, h=40, w=60) * 255).round()
+    as_float = levels / 255
+    segment = nodes["BiRefNetSegment"]().segment
+    want = segment(model, as_float, **SEGMENT_DEFAULTS)
+    video = nodes["BiRefNetVideoMatte"]().matte
+    options = {**VIDEO_DEFAULTS, "temporal_smoothing": "off"}
+    for dtype in (torch.uint8, torch.int32):
+        got = segment(model, levels.to(dtype), **SEGMENT_DEFAULTS)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b)
+        torch.testing.assert_close(video(model, levels.to(dtype), **options, node_id="int")[0], want[0])
+    refine = nodes["BiRefNetMatteRefine"]().refine
+    mask_levels = (soft_disc(2) * 255).round()
+    want = refine(as_float, mask_levels / 255, **MATTE_NEUTRAL)
+    for dtype in (torch.uint8, torch.int64):
+        for a, b in zip(refine(levels.to(dtype), mask_levels.to(dtype), **MATTE_NEUTRAL), want):
+            torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="8-bit levels"):
+        refine(as_float, (mask_levels * 4).to(torch.int32), **MATTE_NEUTRAL)
