@@ -9,7 +9,9 @@ from typing import Optional, TextIO
 
 class ConsoleProgress:
     """``bar = ConsoleProgress(total, "predict"); bar.update(1, "name.png")``; one line, redrawn
-    at most ten times a second, finished with a newline by ``close()``. Silent when ``total`` is 0."""
+    at most ten times a second, finished with a newline by ``close()``. Silent when ``total`` is 0
+    and when the stream is not a terminal (a log file or a pipe gets no carriage-return debris;
+    errors and results stay the only lines there)."""
 
     def __init__(self, total: int, description: str = "", stream: Optional[TextIO] = None, width: int = 30) -> None:
         self.total = total
@@ -19,6 +21,8 @@ class ConsoleProgress:
         self.done = 0
         self._start = time.monotonic()
         self._drawn = 0.0
+        isatty = getattr(self.stream, "isatty", None)
+        self.interactive = bool(isatty is not None and isatty())
 
     def update(self, steps: int = 1, note: str = "") -> None:
         self.done = min(self.total, self.done + steps)
@@ -28,7 +32,7 @@ class ConsoleProgress:
             self._draw(note)
 
     def _draw(self, note: str) -> None:
-        if not self.total:
+        if not self.total or not self.interactive:
             return
         filled = int(self.width * self.done / self.total)
         elapsed = time.monotonic() - self._start
@@ -38,7 +42,7 @@ class ConsoleProgress:
         self.stream.flush()
 
     def close(self) -> None:
-        if self.total:
+        if self.total and self.interactive:
             self.stream.write("\n")
             self.stream.flush()
 

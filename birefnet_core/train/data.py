@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance
 
+from .. import image_io
 from ..inference import IMAGENET_MEAN, IMAGENET_STD
 
 logger = logging.getLogger(__name__)
@@ -104,46 +105,29 @@ def find_pairs(roots: Sequence[Union[str, os.PathLike]], *, check: bool = True) 
 
 
 def _header_size(path: Path) -> Size:
+    """(W, H) from the header, refused under the same decompression-bomb limit as :func:`read_image`."""
     try:
-        with Image.open(path) as im:
-            size = im.size
-            im.verify()  # checks what can be checked without decoding (PNG chunk CRCs, ...)
-    except Exception as err:
-        raise DataError(f"cannot read {path}: {err}") from err
-    if size[0] < 1 or size[1] < 1:
-        raise DataError(f"{path} is empty ({size[0]}x{size[1]})")
-    return size
+        return image_io.read_image_size(path)
+    except image_io.ImageReadError as err:
+        raise DataError(str(err)) from None
 
 
 def read_image(path: Path) -> Image.Image:
-    """An RGB image (grayscale and palette images converted; alpha dropped)."""
+    """An 8-bit RGB image, as the augmentations need: any mode converted (alpha dropped), 16-bit
+    and float images scaled from their real range, EXIF orientation applied."""
     try:
-        with Image.open(path) as im:
-            im.load()
-            return im.convert("RGB")
-    except Exception as err:
-        raise DataError(f"cannot read image {path}: {err}") from err
+        return Image.fromarray(image_io.to_uint8(image_io.read_rgb(path)))
+    except image_io.ImageReadError as err:
+        raise DataError(str(err)) from None
 
 
 def read_mask(path: Path) -> Image.Image:
-    """An 8-bit mask: 16-bit and 32-bit masks are scaled, colour masks converted to luminance,
-    the alpha channel used when a mask has one."""
+    """An 8-bit "L" mask from any file :func:`birefnet_core.image_io.read_mask` reads: 16-bit and
+    float masks scaled, colour masks as luminance, the alpha channel when it varies."""
     try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                a = np.asarray(im, dtype=np.float64)
-                top = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
-                return Image.fromarray(np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8), "L")
-            if im.mode == "F":
-                a = np.asarray(im, dtype=np.float64)
-                top = 1.0 if a.max() <= 1.0 else 255.0
-                return Image.fromarray(np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8), "L")
-            if im.mode in ("RGBA", "LA", "PA"):
-                return im.getchannel("A")
-            return im.convert("L")
-    except Exception as err:
-        raise DataError(f"cannot read mask {path}: {err}") from err
+        return Image.fromarray(image_io.to_uint8(image_io.read_mask(path)))
+    except image_io.ImageReadError as err:
+        raise DataError(str(err)) from None
 
 
 # ----------------------------------------------------------------------------------- augmentation

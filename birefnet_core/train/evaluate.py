@@ -2,11 +2,12 @@
 
 Files are paired by name stem (``.png .jpg .jpeg .bmp .tif .tiff .webp``, not recursive);
 ``<stem>_mask.png`` as written by ``python -m birefnet_core predict`` pairs with ``<stem>``
-too. Both are read as 8-bit grey (PIL ``convert("L")``, EXIF orientation applied). A
-prediction of another size than its ground truth is resized to it bilinearly, as
-``cv2.resize(..., INTER_LINEAR)`` does in BiRefNet's evaluation (OpenCV when installed; without
-it PyTorch's bilinear resize, which can differ from OpenCV by one grey level). The numbers are
-PySODMetrics' (see :mod:`birefnet_core.train.metrics`).
+too. Both are read by :func:`birefnet_core.image_io.read_mask` in their real range (8-bit, 16-bit
+and float grey; colour as luminance; the alpha channel when it varies; EXIF orientation applied)
+and put on the 8-bit scale the metrics expect. A prediction of another size than its ground
+truth is resized to it bilinearly, as ``cv2.resize(..., INTER_LINEAR)`` does in BiRefNet's
+evaluation (OpenCV when installed; without it PyTorch's bilinear resize, which can differ from
+OpenCV by one grey level). The numbers are PySODMetrics' (see :mod:`birefnet_core.train.metrics`).
 
 In memory (e.g. validation inside training) use :class:`~birefnet_core.train.metrics.SegmentationMetrics`
 directly; :func:`evaluate_folders` is the same over files.
@@ -24,6 +25,7 @@ from typing import Any, Dict, Iterable, List, Sequence, Tuple
 
 import numpy as np
 
+from ..image_io import ImageReadError, read_mask, to_uint8
 from .data import IMAGE_SUFFIXES
 from .metrics import HIGHER_IS_BETTER, METRIC_NAMES, SegmentationMetrics
 
@@ -74,14 +76,16 @@ def pair_files(pred_dir: Path, gt_dir: Path) -> Tuple[List[Tuple[str, Path, Path
 
 
 def read_grey(path: Path) -> np.ndarray:
-    """An image file as uint8 [H, W] (PIL ``convert("L")``, EXIF orientation applied)."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    """An image file as uint8 [H, W] on the 8-bit scale whatever its depth: 16-bit / 257, float
+    0..1 * 255, rounded (see :func:`birefnet_core.image_io.read_mask`; EXIF orientation applied).
 
+    Raises:
+        EvaluationError: the file cannot be read (the message names it).
+    """
     try:
-        with Image.open(path) as image:
-            return np.array(ImageOps.exif_transpose(image).convert("L"))
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise EvaluationError(f"cannot read image {path}: {exc}") from None
+        return to_uint8(read_mask(path))
+    except ImageReadError as exc:
+        raise EvaluationError(str(exc)) from None
 
 
 def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -109,8 +113,8 @@ def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, metrics: Iterable
     """Metrics of the predictions in ``pred_dir`` against the ground truths in ``gt_dir``.
 
     Args:
-        pred_dir: folder of predicted masks (8-bit grey, any size).
-        gt_dir: folder of ground-truth masks (foreground above 128).
+        pred_dir: folder of predicted masks (grey 8-bit, 16-bit or float 0..1, any size).
+        gt_dir: folder of ground-truth masks (foreground above 128 on the 8-bit scale).
         metrics: names from :data:`~birefnet_core.train.metrics.METRIC_NAMES`.
         progress: draw a progress bar on stderr.
 
@@ -177,9 +181,10 @@ def write_csv(path: Path, report: Dict[str, Any]) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--pred", required=True, help="folder of predicted masks (8-bit grey; <stem>.png or "
-                                                      "<stem>_mask.png as 'predict' writes them)")
-    parser.add_argument("--gt", required=True, help="folder of ground-truth masks, same stems (foreground > 128)")
+    parser.add_argument("--pred", required=True, help="folder of predicted masks (grey 8-bit, 16-bit or float 0..1; "
+                                                      "<stem>.png or <stem>_mask.png as 'predict' writes them)")
+    parser.add_argument("--gt", required=True, help="folder of ground-truth masks, same stems (foreground > 128 "
+                                                    "on the 8-bit scale; 16-bit and float masks are scaled to it)")
     parser.add_argument("--metrics", nargs="+", default=list(METRIC_NAMES), metavar="NAME",
                         help=f"metrics to compute (default all): {' '.join(METRIC_NAMES)}. "
                              "HCE is the slow one; wF and HCE need scipy, scikit-image and opencv")
