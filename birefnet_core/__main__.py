@@ -29,27 +29,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Exit status: 0 done, 1 an error (one line on stderr), 2 a usage error, 130 interrupted."""
+    from .cli import run_command, setup_logging
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
+    setup_logging()
     if args.command == "predict":
-        from . import predict
-
-        return predict.run(args)
-    if args.command == "video":
-        from . import video_cli
-
-        return video_cli.run(args)
-    if args.command == "eval":
-        from .train import evaluate
-
-        return evaluate.run(args)
-    from . import bench
-
-    bench.run(args)
-    return 0
+        from . import predict as command
+    elif args.command == "video":
+        from . import video_cli as command
+    elif args.command == "eval":
+        from .train import evaluate as command
+    else:
+        from . import bench as command
+    return run_command(lambda: command.run(args))
 
 
 if __name__ == "__main__":

@@ -453,5 +453,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         sub.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
 
 
-def run(args: argparse.Namespace) -> None:
+def run(args: argparse.Namespace) -> int:
     BENCHMARKS[args.benchmark](args)
+    return 0

@@ -1,85 +1,116 @@
 """``python -m birefnet_core predict``: cut-outs and masks for image files.
 
 For every input image it writes ``<stem>_mask.png`` (8-bit grey) and ``<stem>_rgba.png`` (the
-image with the mask as straight alpha), both at the input's size. A folder input means every
-image in it (not recursive). File reading and writing happen here, at the boundary; the
-pipeline itself works on tensors (``Predictor``).
+image with the mask as straight alpha), both at the input's size, into ``--out``. A folder input
+means every image in it (not recursive). File reading and writing happen here, at the boundary;
+the pipeline itself works on tensors (``Predictor``).
+
+Naming and existing files:
+
+* The same file given twice (by any path or link) is processed once.
+* Inputs that share a stem (``a.png`` and ``a.jpg``, or ``x/a.png`` and ``y/a.png``) get
+  ``_2``, ``_3``... in the order given (``a_mask.png``, ``a_2_mask.png``), never a name another
+  input's output already has.
+* Before anything runs, every output name is checked: an output that is an input (``--out`` the
+  input folder holding a user's ``<stem>_mask.png``) is always refused; an output that exists
+  already is refused unless ``--overwrite``. Nothing is overwritten that this run did not write.
+* Each file is written under a temporary name and moved into place when complete: an interrupted
+  run (Ctrl-C: status 130) leaves complete files only.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 from typing import Dict, Iterator, List, Sequence, Tuple
 
 import numpy as np
 import torch
 
+from .files import atomic_output, check_outputs, file_key, prepare_folder, remove_if_empty
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+OUTPUT_SUFFIXES = ("_mask", "_rgba")
+
+logger = logging.getLogger(__name__)
 
 
-class UserError(Exception):
+class UserError(ValueError):
     """An error the user can fix; printed as one line, exit status 1."""
 
 
 def find_images(inputs: Sequence[str]) -> List[Path]:
+    """The image files named by ``inputs`` (files, or folders of images), each file once."""
     files: List[Path] = []
+    seen = set()
     for item in inputs:
         path = Path(item)
         if path.is_dir():
             found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
             if not found:
                 raise UserError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {path}")
-            files.extend(found)
         elif path.is_file():
-            files.append(path)
+            found = [path]
         else:
             raise UserError(f"input not found: {path}")
+        for file in found:
+            key = file_key(file)
+            if key in seen:
+                logger.info("%s is given more than once: processed once", file)
+                continue
+            seen.add(key)
+            files.append(file)
     return files
 
 
 def read_image(path: Path) -> torch.Tensor:
-    """RGB uint8 [H, W, 3], EXIF orientation applied."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    """RGB [H, W, 3] in the file's real range (uint8 for 8-bit files, float32 0..1 for deeper
+    ones), EXIF orientation applied."""
+    from .image_io import read_rgb
 
-    try:
-        with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image).convert("RGB")
-            return torch.from_numpy(np.array(image))
-    except (UnidentifiedImageError, OSError) as exc:
-        raise UserError(f"cannot read image {path}: {exc}") from None
+    return torch.from_numpy(read_rgb(path))
+
+
+def output_stems(files: Sequence[Path]) -> Dict[Path, str]:
+    """Output stems: each input's own, suffixed ``_2``, ``_3``... where an earlier input has it."""
+    taken = set()
+    stems = {}
+    for path in files:
+        stem, count = path.stem, 1
+        while stem in taken:
+            count += 1
+            stem = f"{path.stem}_{count}"
+        taken.add(stem)
+        stems[path] = stem
+    return stems
+
+
+def output_paths(out_dir: Path, stem: str) -> Tuple[Path, Path]:
+    return tuple(out_dir / f"{stem}{suffix}.png" for suffix in OUTPUT_SUFFIXES)  # type: ignore[return-value]
 
 
 def write_outputs(rgb: torch.Tensor, probs: torch.Tensor, out_dir: Path, stem: str) -> Tuple[Path, Path]:
     from PIL import Image
 
+    from .image_io import to_uint8
+
     alpha = (probs * 255).round().to(torch.uint8).cpu().numpy()
-    mask_path = out_dir / f"{stem}_mask.png"
-    rgba_path = out_dir / f"{stem}_rgba.png"
-    Image.fromarray(alpha, mode="L").save(mask_path)
-    Image.fromarray(np.dstack([rgb.numpy(), alpha]), mode="RGBA").save(rgba_path)
+    mask_path, rgba_path = output_paths(out_dir, stem)
+    with atomic_output(mask_path) as partial:
+        Image.fromarray(alpha, mode="L").save(partial, format="PNG")
+    with atomic_output(rgba_path) as partial:
+        Image.fromarray(np.dstack([to_uint8(rgb.numpy()), alpha]), mode="RGBA").save(partial, format="PNG")
     return mask_path, rgba_path
 
 
-def unique_stems(files: Sequence[Path]) -> Dict[Path, str]:
-    """Output stems, suffixed where two inputs share a name, so no output overwrites another."""
-    seen: Dict[str, int] = {}
-    stems = {}
-    for path in files:
-        count = seen.get(path.stem, 0)
-        seen[path.stem] = count + 1
-        stems[path] = path.stem if count == 0 else f"{path.stem}_{count + 1}"
-    return stems
-
-
 def batches(files: Sequence[Path], batch_size: int) -> Iterator[List[Tuple[Path, torch.Tensor]]]:
-    """Consecutive images of equal size, up to ``batch_size`` at a time."""
+    """Consecutive images of equal size and dtype, up to ``batch_size`` at a time."""
     group: List[Tuple[Path, torch.Tensor]] = []
     for path in files:
         image = read_image(path)
-        if group and (len(group) == batch_size or group[0][1].shape != image.shape):
+        if group and (len(group) == batch_size or group[0][1].shape != image.shape
+                      or group[0][1].dtype != image.dtype):
             yield group
             group = []
         group.append((path, image))
@@ -91,6 +122,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", help="image files or folders of images")
     parser.add_argument("--model", required=True, help="registry name (e.g. BiRefNet_lite), hub repo id or file")
     parser.add_argument("--out", default="birefnet_out", help="output folder (default ./birefnet_out)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace outputs that exist already (never an input file)")
     parser.add_argument("--resolution", default=None,
                         help="native (default), WxH, N, or keep:N (keep aspect, long side N)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda, mps or cpu)")
@@ -99,6 +132,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patch-order", default=None, choices=["auto", "legacy", "current"],
                         help="override the checkpoint's patch order")
     parser.add_argument("--models-dir", default=None, help="where registry models are downloaded")
+    parser.epilog = ("Writes <stem>_mask.png and <stem>_rgba.png per image; inputs sharing a stem get _2, _3... "
+                     "Existing outputs are refused unless --overwrite; an input is never overwritten.")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -106,24 +141,31 @@ def run(args: argparse.Namespace) -> int:
     from .inference import Predictor
     from .progress import ConsoleProgress
 
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    files = find_images(args.inputs)
+    out_dir = Path(args.out)
+    stems = output_stems(files)
+    planned = [path for stem in stems.values() for path in output_paths(out_dir, stem)]
+    check_outputs(planned, files, overwrite=args.overwrite)  # before anything is created or loaded
+    created = prepare_folder(out_dir)
+    done = 0
     try:
-        files = find_images(args.inputs)
-        out_dir = Path(args.out)
-        out_dir.mkdir(parents=True, exist_ok=True)
         model = load_model(args.model, device=args.device, dtype=args.dtype, patch_order=args.patch_order,
                            models_dir=args.models_dir)
         predictor = Predictor(model, resolution=args.resolution, batch_size=args.batch_size)
-        stems = unique_stems(files)
         with ConsoleProgress(len(files), "predict") as bar:
             for group in batches(files, args.batch_size):
-                probs = predictor.predict(torch.stack([image for _, image in group]))
+                probs = predictor.predict(torch.stack([image for _, image in group]), layout="BHWC")
                 for (path, image), prob in zip(group, probs):
                     write_outputs(image, prob, out_dir, stems[path])
+                    done += 1
                     bar.update(1, path.name)
-    except (UserError, ValueError, FileNotFoundError, RuntimeError) as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"error: {message}", file=sys.stderr)
-        return 1
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"{done} of {len(files)} image(s) done; their outputs in {out_dir} are complete") \
+            from None
+    finally:
+        if created:
+            remove_if_empty(out_dir)
     print(f"wrote {2 * len(files)} files to {out_dir}")
     return 0

@@ -5,7 +5,9 @@ The input is decoded ``--batch-size`` frames at a time; each chunk goes through
 carried from chunk to chunk (so the result equals one run over the whole video) and is encoded
 before the next is decoded: memory stays the same whatever the length of the video. The output
 keeps the input's frame rate (a variable frame rate becomes its average) and frame count; audio
-is not copied. Formats (see :mod:`birefnet_core.video_io`): ``.mov`` ProRes 4444 with 10-bit
+is not copied. The output appears only when complete: a failed or interrupted run leaves nothing,
+and an earlier file of that name as it was. An existing output needs ``--overwrite``; the input
+is never the output. Formats (see :mod:`birefnet_core.video_io`): ``.mov`` ProRes 4444 with 10-bit
 alpha, ``.webm`` VP9 with alpha, or a folder of 8-bit RGBA PNGs.
 """
 
@@ -13,9 +15,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
 REFINE_CHOICES = ("none", "blur_fusion", "multilevel")
+
+logger = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,38 +42,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patch-order", default=None, choices=["auto", "legacy", "current"],
                         help="override the checkpoint's patch order")
     parser.add_argument("--models-dir", default=None, help="where registry models are downloaded")
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing output (a video file, or the frame_*.png files of a folder); "
+                             "the input is never overwritten")
 
 
 def run(args: argparse.Namespace) -> int:
-    from .video_io import VideoError, VideoReader, describe_output
+    from .files import same_file
+    from .video import parse_strength
+    from .video_io import VideoError, VideoReader, check_output, describe_output
 
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    reader = None
-    try:
-        if args.batch_size < 1:
-            raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-        from .video import parse_strength
-
-        strength = parse_strength(args.smoothing)
-        description = describe_output(args.out)  # an unknown extension fails before any work
-        reader = VideoReader(args.input, chunk_size=args.batch_size)
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    strength = parse_strength(args.smoothing)
+    description = describe_output(args.out)  # output problems fail before any work
+    if same_file(args.input, args.out):
+        raise VideoError(f"--out {args.out} is the input video {args.input}: refusing to overwrite the input; choose "
+                         "another output name")
+    check_output(args.out, overwrite=args.overwrite)
+    with VideoReader(args.input, chunk_size=args.batch_size) as reader:
         written = _matte_video(args, reader, strength)
-    except (VideoError, ValueError, FileNotFoundError, RuntimeError, OSError) as exc:
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
-    finally:
-        if reader is not None:
-            reader.close()
     audio = "; audio not copied" if reader.has_audio else ""
     print(f"wrote {written} frames to {args.out} ({description}, {float(reader.fps):g} fps{audio})")
+    if reader.frame_count and written < reader.frame_count:
+        logger.warning("warning: %s announces %d frames but only %d could be decoded: the file is probably "
+                       "truncated", args.input, reader.frame_count, written)
     return 0
 
 
@@ -90,7 +86,8 @@ def _matte_video(args: argparse.Namespace, reader, strength: float) -> int:
     h, w = reader.height, reader.width
     buffers = VideoOutputs.allocate(args.batch_size, h, w)  # reused by every chunk
     total = reader.estimated_frames or 0
-    with VideoWriter(args.out, reader.fps, w, h) as writer, ConsoleProgress(total, "video") as bar:
+    with VideoWriter(args.out, reader.fps, w, h, overwrite=args.overwrite) as writer, \
+            ConsoleProgress(total, "video") as bar:
         for chunk in reader:
             n = len(chunk)
             outputs = VideoOutputs(buffers.mask[:n], buffers.rgba[:n], buffers.composite[:n])

@@ -17,13 +17,16 @@ imports without it.
 from __future__ import annotations
 
 import os
+import re
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Union
+from typing import Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .files import remove, temporary_name
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -38,7 +41,7 @@ PNG_SEQUENCE = "PNG sequence (8-bit RGBA)"
 BT709 = (0.2126, 0.0722)  # Kr, Kb
 
 
-class VideoError(Exception):
+class VideoError(ValueError):
     """A video that cannot be read or written; the message is one line naming the file."""
 
 
@@ -217,13 +220,48 @@ def _fill_plane(plane, values: np.ndarray, dtype: str) -> None:
     view[:, :plane.width] = values
 
 
+FRAME_NAME = re.compile(r"frame_\d{6,}\.png")  # what the PNG sequence writer names its files
+
+
+def sequence_frames(folder: Path) -> List[Path]:
+    """The ``frame_NNNNNN.png`` files of a PNG sequence folder, in order ([] when there is none)."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if FRAME_NAME.fullmatch(p.name))
+
+
+def check_output(path: PathLike, *, overwrite: bool = False) -> None:
+    """Raise :class:`VideoError` when :class:`VideoWriter` would refuse ``path``: an unknown
+    extension, a file where a PNG folder should be (or a folder where a video file should be), or
+    an existing output (a video file, or a folder holding ``frame_*.png``) without ``overwrite``."""
+    path = Path(path)
+    if output_kind(path) == "png":
+        if path.exists() and not path.is_dir():
+            raise VideoError(f"output {path} is a file, not a folder for a PNG sequence")
+        earlier = sequence_frames(path)
+        if earlier and not overwrite:
+            raise VideoError(f"{path} holds {len(earlier)} frame_*.png file(s) already: pass --overwrite "
+                             "to replace them (no earlier frame is kept), or choose another folder")
+    elif path.is_dir():
+        raise VideoError(f"output {path} is a folder: remove it or choose another file name")
+    elif os.path.lexists(path) and not overwrite:
+        raise VideoError(f"output {path} exists already: pass --overwrite to replace it, or choose another name")
+
+
 class VideoWriter:
     """Writes float RGBA chunks [n, H, W, 4] (0..1, straight alpha; torch or numpy) to ``path``:
     ``.mov`` ProRes 4444, ``.webm`` VP9 with alpha, or a folder of ``frame_000001.png``...
     (see :func:`output_kind`), at ``fps`` (constant). Use as a context manager; ``frames_written``
-    counts what was written. An existing file is overwritten; a folder is created if needed."""
+    counts what was written.
 
-    def __init__(self, path: PathLike, fps, width: int, height: int) -> None:
+    Nothing appears under ``path`` until the writer closes without error: a video is encoded
+    under a temporary name beside it, PNG frames into a temporary folder beside it, and both are
+    moved into place at the end; a failure or interruption removes them. An existing file (or a
+    folder holding ``frame_*.png`` files) is refused unless ``overwrite``; then it is replaced
+    when the new one is complete, and no frame of the earlier sequence is left among the new ones.
+    """
+
+    def __init__(self, path: PathLike, fps, width: int, height: int, *, overwrite: bool = False) -> None:
         self.path = Path(path)
         self.kind = output_kind(path)
         self.description = describe_output(path)
@@ -234,8 +272,17 @@ class VideoWriter:
         self.frames_written = 0
         self._container = None
         self._stream = None
+        check_output(self.path, overwrite=overwrite)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise VideoError(f"cannot create the folder {self.path.parent}: {exc.strerror or exc}") from None
+        self._partial = temporary_name(self.path)  # a folder for PNG frames, a file for video
         if self.kind == "png":
-            self.path.mkdir(parents=True, exist_ok=True)
+            try:
+                self._partial.mkdir()
+            except OSError as exc:
+                raise VideoError(f"cannot write to {self.path.parent}: {exc.strerror or exc}") from None
             return
         av = _av()
         _, codec, pix_fmt, options = VIDEO_FORMATS[self.kind]
@@ -243,9 +290,8 @@ class VideoWriter:
         self._bits = av.VideoFormat(pix_fmt).components[0].bits
         self._subsample = pix_fmt.startswith("yuva420")
         self._dtype = "<u2" if self._bits > 8 else "u1"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._container = av.open(str(self.path), "w")
+            self._container = av.open(str(self._partial), "w", format=self.kind.lstrip("."))
             stream = self._container.add_stream(codec, rate=self.fps, options=dict(options))
             stream.width, stream.height, stream.pix_fmt = self.width, self.height, pix_fmt
             context = stream.codec_context
@@ -291,7 +337,7 @@ class VideoWriter:
         pixels = (torch.nan_to_num(rgba.float(), nan=0.0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
         for image in pixels:
             self.frames_written += 1
-            Image.fromarray(image, mode="RGBA").save(self.path / f"frame_{self.frames_written:06d}.png")
+            Image.fromarray(image, mode="RGBA").save(self._partial / f"frame_{self.frames_written:06d}.png")
 
     def _abandon(self) -> None:
         if self._container is not None:
@@ -300,20 +346,42 @@ class VideoWriter:
             except Exception:  # noqa: BLE001 - already failing; the first error is the one to report
                 pass
             self._container = None
+        if self._partial is not None:
+            remove(self._partial)
+            self._partial = None
 
     def close(self) -> None:
-        """Flushes the encoder and finishes the file."""
-        if self._container is None:
+        """Flushes the encoder, finishes the file and moves it (or the frames) into place."""
+        if self._partial is None:
             return
         av = _av()
         try:
-            for packet in self._stream.encode(None):
-                self._container.mux(packet)
-            self._container.close()
-        except av.FFmpegError as exc:
-            raise VideoError(f"cannot write video {self.path}: {_reason(exc)}") from None
-        finally:
-            self._container = None
+            if self._container is not None:
+                for packet in self._stream.encode(None):
+                    self._container.mux(packet)
+                self._container.close()
+                self._container = None
+                os.replace(self._partial, self.path)
+            else:
+                self._place_frames()
+        except BaseException as exc:
+            self._abandon()
+            if isinstance(exc, (av.FFmpegError, OSError)):
+                raise VideoError(f"cannot write video {self.path}: {_reason(exc)}") from None
+            raise
+        self._partial = None
+
+    def _place_frames(self) -> None:
+        """The staged frames into the target folder: the folder itself when it is new, else each
+        frame (after removing the earlier sequence, which ``overwrite`` allowed)."""
+        if not self.path.exists():
+            os.replace(self._partial, self.path)
+            return
+        for stale in sequence_frames(self.path):
+            stale.unlink()
+        for frame in sorted(self._partial.iterdir()):
+            os.replace(frame, self.path / frame.name)
+        self._partial.rmdir()
 
     def __enter__(self) -> "VideoWriter":
         return self

@@ -201,7 +201,7 @@ def test_cli_reports_errors_without_a_traceback(tmp_path, capsys):
     (tmp_path / "empty" / "gt").mkdir()
     code = cli.main(["--data", str(tmp_path / "empty"), "--epochs", "1", "--out", str(tmp_path / "o"),
                      "--backbone", "pvt_v2_b0", "--no-progress"])
-    assert code == 2
+    assert code == 1
     assert "error: no image/mask pairs found" in capsys.readouterr().err
 
 

@@ -181,3 +181,116 @@ def test_writer_round_trips_odd_sizes_chunk_by_chunk(tmp_path):
         writer.write(rgba[3])
     assert writer.frames_written == 4
     assert (read_rgba(out)[..., 3] - rgba[..., 3]).abs().max() <= 0.5 / 255
+
+
+def digest(path):
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def run_video(*args):
+    """The CLI in this process: (status, stderr lines)."""
+    import contextlib
+    import io
+
+    from birefnet_core.__main__ import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        status = main(["video", *map(str, args)])
+    return status, [line for line in err.getvalue().splitlines() if line.strip() and "\r" not in line]
+
+
+def test_the_input_is_never_the_output(tmp_path, clip, tiny_checkpoint):
+    """By the same path, another spelling, a symbolic link or a hard link: refused before anything
+    is written, with --overwrite too."""
+    source = tmp_path / "in.mov"
+    source.write_bytes(Path(clip).read_bytes())
+    before = digest(source)
+    (tmp_path / "link.mov").symlink_to(source)
+    import os
+
+    os.link(source, tmp_path / "hard.mov")
+    for out in (source, tmp_path / "." / "in.mov", tmp_path / "link.mov", tmp_path / "hard.mov"):
+        status, err = run_video(source, "--model", tiny_checkpoint, "--out", out, "--overwrite", "--device", "cpu")
+        assert status == 1 and len(err) == 1 and "is the input video" in err[0], err
+    assert digest(source) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hard.mov", "in.mov", "link.mov"]
+
+
+def test_an_existing_output_is_replaced_only_when_asked_and_only_when_complete(tmp_path, clip, tiny_checkpoint,
+                                                                             monkeypatch):
+    out = tmp_path / "alpha.mov"
+    out.write_bytes(b"an earlier result the user keeps")
+    args = (clip, "--model", tiny_checkpoint, "--out", out, "--resolution", "64", "--batch-size", BATCH,
+            "--device", "cpu")
+    status, err = run_video(*args)
+    assert status == 1 and len(err) == 1 and "--overwrite" in err[0]
+    assert out.read_bytes() == b"an earlier result the user keeps"
+
+    # a decode error half-way: nothing under the final name changes, no temporary file stays
+    real_frames = VideoReader.frames
+
+    def breaks_after_six(self):
+        for index, frame in enumerate(real_frames(self)):
+            if index == 6:
+                raise video_io.VideoError(f"cannot decode video {self.path}: invalid data found")
+            yield frame
+
+    from birefnet_core import video_io
+
+    monkeypatch.setattr(video_io.VideoReader, "frames", breaks_after_six)
+    status, err = run_video(*args, "--overwrite")
+    assert status == 1 and len(err) == 1 and "invalid data" in err[0], err
+    assert out.read_bytes() == b"an earlier result the user keeps"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alpha.mov"]
+    monkeypatch.undo()
+
+    status, err = run_video(*args, "--overwrite")
+    assert status == 0, err
+    assert read_rgba(out).shape == (N, H, W, 4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alpha.mov"]
+
+
+def test_a_png_sequence_never_mixes_in_stale_frames(tmp_path, clip, tiny_checkpoint):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(1, 31):  # an earlier, longer sequence
+        (frames / f"frame_{i:06d}.png").write_bytes(b"old")
+    (frames / "notes.txt").write_text("the user's own file")
+    args = (clip, "--model", tiny_checkpoint, "--out", frames, "--resolution", "64", "--batch-size", BATCH,
+            "--device", "cpu")
+    status, err = run_video(*args)
+    assert status == 1 and "holds 30 frame_*.png" in err[0] and len(list(frames.iterdir())) == 31
+    status, err = run_video(*args, "--overwrite")
+    assert status == 0, err
+    assert sorted(p.name for p in frames.iterdir()) == [f"frame_{i:06d}.png" for i in range(1, N + 1)] + ["notes.txt"]
+    assert read_rgba(frames).shape == (N, H, W, 4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["frames"]  # no staging folder left
+
+
+def test_a_truncated_video_says_so(tmp_path, tiny_checkpoint, caplog):
+    """An MP4 with its index first (faststart) and its frame data cut: fewer frames than it announces."""
+    path = tmp_path / "cut.mp4"
+    with av.open(str(path), "w", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("libx264", rate=25, options={"crf": "18", "preset": "ultrafast"})
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+        for i, image in enumerate(moving_square(n=40)):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+            frame.pts = i
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])
+    with VideoReader(path) as reader:
+        assert reader.frame_count == 40
+    out = tmp_path / "out.mov"
+    with caplog.at_level("WARNING"):
+        status, err = run_video(path, "--model", tiny_checkpoint, "--out", out, "--resolution", "64", "--device", "cpu")
+    assert status == 0, err
+    written = len(read_rgba(out))
+    assert 0 < written < 40
+    assert f"announces 40 frames but only {written} could be decoded" in caplog.text

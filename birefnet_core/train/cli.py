@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from typing import Optional, Sequence
 
+from ..cli import run_command
 from ..config import BACKBONES
-from .data import DataError
 from .losses import RECIPES, LossWeights
-from .trainer import TrainConfig, TrainingError, train
+from .trainer import TrainConfig, train
 
 
 def _weight(text: str):
@@ -112,13 +111,15 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Exit status: 0 trained, 1 an error (one line on stderr), 2 a usage error, 130 interrupted
+    (the state is saved first: continue with --resume)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        result = train(config_from_args(args))
-    except (TrainingError, DataError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run_command(lambda: _train(args))
+
+
+def _train(args: argparse.Namespace) -> int:
+    result = train(config_from_args(args))
     if result.interrupted:
         return 130
     if result.main:

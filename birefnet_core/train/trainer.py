@@ -29,7 +29,6 @@ import csv
 import json
 import logging
 import math
-import os
 import signal
 import time
 import warnings
@@ -45,6 +44,7 @@ from torch import nn
 
 from ..checkpoint import load_model, normalise_state_dict, read_state_dict, save_weights
 from ..config import BACKBONES, PatchOrder
+from ..files import atomic_output
 from ..models import BiRefNet, build_model
 from ..progress import ConsoleProgress
 from . import distributed
@@ -290,6 +290,10 @@ class Trainer:
             if cfg.backbone_weights:
                 count = load_backbone_weights(model, cfg.backbone_weights)
                 logger.info("loaded %d backbone tensors from %s", count, cfg.backbone_weights)
+        smallest = min(cfg.dynamic_size[0] if cfg.dynamic_size else min(cfg.size), min(cfg.size))
+        if smallest < model.config.spec.min_side:
+            raise TrainingError(f"a {model.config.backbone} BiRefNet runs at sides of at least "
+                                f"{model.config.spec.min_side} px; --size / --dynamic-size go down to {smallest}")
         set_aspp_dropout(model, cfg.aspp_dropout)
         if self.ctx.distributed and cfg.global_batch_norm:
             distributed.use_global_batch_norm(model)
@@ -348,9 +352,8 @@ class Trainer:
         save_weights(self.model, last, metadata=meta)
         if epoch_file is not None:
             save_weights(self.model, self.out / f"epoch_{epoch_file:04d}.safetensors", metadata=meta)
-        partial = self.out / "state.pt.partial"
-        torch.save(self._state(), partial)
-        os.replace(partial, self.out / "state.pt")
+        with atomic_output(self.out / "state.pt") as partial:
+            torch.save(self._state(), partial)
         return last
 
     # --------------------------------------------------------------------------------- training
