@@ -512,3 +512,21 @@ def test_eval_command_without_optional_libraries(folders, capsys, monkeypatch):
     # a prediction of another size is still resized (PyTorch's bilinear)
     assert main(["eval", "--pred", str(pred_dir), "--gt", str(gt_dir), "--metrics", "S", "maxF", "MAE"]) == 0
     assert "3 pairs (1 predictions resized" in capsys.readouterr().out
+    # a missing folder is named before the missing libraries are
+    assert main(["eval", "--pred", str(pred_dir.parent / "absent"), "--gt", str(gt_dir)]) == 1
+    err = capsys.readouterr().err
+    assert "prediction folder not found" in err and "pip install" not in err
+
+
+def test_eval_prints_the_results_when_the_csv_cannot_be_written(folders, capsys, tmp_path):
+    pred_dir, gt_dir, _, _ = folders
+    for bad in (tmp_path / "a-folder", tmp_path / "no" / "such" / "dir.csv"):
+        if bad.name == "a-folder":
+            bad.mkdir()
+        assert main(["eval", "--pred", str(pred_dir), "--gt", str(gt_dir), "--metrics", "S", "MAE",
+                     "--csv", str(bad)]) == 1
+        out, err = capsys.readouterr()
+        assert "3 pairs" in out and "MAE" in out  # the results are not lost
+        assert err.count("\n") == 1 and f"cannot write --csv {bad}" in err
+    assert not [p for p in tmp_path.rglob("*") if ".partial-" in p.name]  # no temporary file left
+    assert not any((tmp_path / "a-folder").iterdir())

@@ -19,12 +19,13 @@ import argparse
 import csv
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Sequence, Tuple
 
 import numpy as np
 
+from ..cli import one_line
+from ..files import atomic_output
 from ..image_io import ImageReadError, read_mask, to_uint8
 from .data import IMAGE_SUFFIXES
 from .metrics import HIGHER_IS_BETTER, METRIC_NAMES, SegmentationMetrics
@@ -128,8 +129,8 @@ def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, metrics: Iterable
     """
     from ..progress import ConsoleProgress
 
+    pairs, gt_alone, pred_alone = pair_files(Path(pred_dir), Path(gt_dir))  # folder errors before dependencies
     scores = SegmentationMetrics(metrics)
-    pairs, gt_alone, pred_alone = pair_files(Path(pred_dir), Path(gt_dir))
     if not pairs:
         raise EvaluationError(
             f"no prediction in {pred_dir} matches a ground truth in {gt_dir}: expected files with the same "
@@ -170,9 +171,10 @@ def format_table(values: Dict[str, float]) -> str:
 
 
 def write_csv(path: Path, report: Dict[str, Any]) -> None:
-    """One row per image (its own scores) and a last row ``ALL`` with the dataset metrics."""
+    """One row per image (its own scores) and a last row ``ALL`` with the dataset metrics; the file
+    appears complete or not at all."""
     names = list(report["metrics"])
-    with open(path, "w", newline="") as handle:
+    with atomic_output(path) as partial, open(partial, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["image", *names])
         for stem, values in report["per_image"].items():
@@ -196,24 +198,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      "BiRefNet's evaluation does). Numbers equal PySODMetrics 1.6.2.")
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
         report = evaluate_folders(args.pred, args.gt, metrics=args.metrics, progress=True)
-        if args.csv:
-            write_csv(Path(args.csv), report)
     except ImportError as exc:
         numpy_only = " ".join(name for name in METRIC_NAMES if name not in ("wF", "HCE"))
-        print(f"error: {_one_line(exc)}; or leave out wF and HCE: --metrics {numpy_only}", file=sys.stderr)
-        return 1
-    except (EvaluationError, ValueError, OSError) as exc:
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
-        return 1
+        raise ImportError(f"{one_line(exc)}; or leave out wF and HCE: --metrics {numpy_only}") from None
     if args.json:
         print(json.dumps({"pred": str(args.pred), "gt": str(args.gt), "pairs": report["pairs"],
                           "metrics": report["metrics"], "gt_without_pred": report["gt_without_pred"],
@@ -221,4 +211,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"{report['pairs']} pairs ({len(report['resized'])} predictions resized to their ground truth)")
         print(format_table(report["metrics"]))
+    if args.csv:  # after the results are printed: a CSV that cannot be written loses nothing else
+        try:
+            write_csv(Path(args.csv), report)
+        except OSError as exc:
+            raise OSError(f"cannot write --csv {args.csv}: {exc.strerror or exc} (the results are printed above)") \
+                from None
     return 0
