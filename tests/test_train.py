@@ -4,6 +4,7 @@ multi-process DDP training equal to one process with the whole batch."""
 
 import csv
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -225,8 +226,17 @@ def _global_bn_worker(rank, world, port, x, grad_out, queue):
     share = x.chunk(world)[rank].clone().requires_grad_(True)
     y = bn(share)
     (y * grad_out.chunk(world)[rank]).sum().backward()
-    queue.put((rank, y.detach(), share.grad, bn.running_mean.clone(), bn.running_var.clone()))
+    # by value (numpy arrays), not as torch tensors, which travel by file descriptor and vanish
+    # when this process exits before the parent has read them
+    queue.put((rank, *(t.detach().numpy().copy() for t in (y, share.grad, bn.running_mean, bn.running_var))))
     torch.distributed.destroy_process_group()
+
+
+def free_port() -> int:
+    """A TCP port the OS has just handed out (not derived from the pid: parallel runs collide)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def test_global_batch_norm_in_two_processes_equals_batch_norm_on_the_whole_batch():
@@ -240,11 +250,12 @@ def test_global_batch_norm_in_two_processes_equals_batch_norm_on_the_whole_batch
 
     ctx = torch.multiprocessing.get_context("spawn")
     queue = ctx.SimpleQueue()
-    port = 29000 + os.getpid() % 1000
+    port = free_port()
     procs = [ctx.Process(target=_global_bn_worker, args=(r, 2, port, x, grad_out, queue)) for r in range(2)]
     for p in procs:
         p.start()
-    results = sorted(queue.get() for _ in procs)
+    results = sorted((queue.get() for _ in procs), key=lambda r: r[0])
+    results = [(rank, *(torch.from_numpy(a) for a in arrays)) for rank, *arrays in results]
     for p in procs:
         p.join(60)
     y = torch.cat([r[1] for r in results])
@@ -268,7 +279,7 @@ def test_two_process_ddp_trains_like_one_process_with_the_doubled_batch(data, tm
                           "--out", str(tmp_path / "one")], env=env, capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-3000:]
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                          f"--master_port={29500 + os.getpid() % 400}", "-m", "birefnet_core.train", *args,
+                          f"--master_port={free_port()}", "-m", "birefnet_core.train", *args,
                           "--batch-size", "2", "--out", str(tmp_path / "two")],
                          env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
