@@ -130,8 +130,13 @@ function setStatus(node, text, active) {
   redraw(node);
 }
 
+/** The top-level graph: app.rootGraph on current frontends (where app.graph is deprecated), app.graph on older ones. */
+function rootGraph() {
+  return app?.rootGraph ?? app?.graph;
+}
+
 function loaderNodes() {
-  return graphNodes(app?.graph).filter((node) => node.comfyClass === LOADER || node.type === LOADER);
+  return graphNodes(rootGraph()).filter((node) => node.comfyClass === LOADER || node.type === LOADER);
 }
 
 function onDownload(event) {
@@ -164,9 +169,11 @@ function listen(type, handler) {
 const EXTENSION = "birefnet.pack";
 
 // ComfyUI serves web/ twice when the pack folder's name differs from pyproject's project name (once for
-// WEB_DIRECTORY, once for [tool.comfy] web): the second copy of this module must not register again.
-const registered = Array.isArray(app?.extensions) && app.extensions.some((e) => e?.name === EXTENSION);
-if (!registered) app.registerExtension({
+// WEB_DIRECTORY, once for [tool.comfy] web): the second copy of this module must not register again. The
+// mark lives on globalThis, not in app.extensions, which newer frontends deprecate (for an extension store
+// that extensions cannot import).
+const REGISTERED = Symbol.for("birefnet.pack.registered");
+const extension = {
   name: EXTENSION,
 
   setup() {
@@ -183,4 +190,9 @@ if (!registered) app.registerExtension({
       warn("could not set up BiRefNet Segment", error);
     }
   },
-});
+};
+
+if (!globalThis[REGISTERED]) {
+  app.registerExtension(extension);
+  globalThis[REGISTERED] = true;
+}

@@ -4,7 +4,7 @@ import { register } from "node:module";
 import { after, before, describe, it } from "node:test";
 
 register("./comfy_hooks.mjs", import.meta.url);
-const { app, api } = await import("./comfy_stubs.mjs");
+const { app, api, registeredExtensions } = await import("./comfy_stubs.mjs");
 await import("../../web/birefnet.js");
 
 /** The parts of a LiteGraph node the extension touches; addWidget appends like LGraphNode.addWidget. */
@@ -37,7 +37,7 @@ const SEGMENT_VALUES = {
   resolution: "native", width: 1024, height: 1024, long_side: 1024, batch_size: 4,
   mask_threshold: 0, background: "transparent", background_color: "#123",
 };
-const extension = () => app.extensions[0];
+const extension = () => registeredExtensions[0];
 const segmentNode = () => {
   const node = new FakeNode("BiRefNetSegment", SEGMENT_VALUES);
   extension().nodeCreated(node, app);
@@ -59,7 +59,7 @@ function fakeDocument() {
 
 describe("registration", () => {
   it("registers one extension named birefnet.pack", () => {
-    assert.equal(app.extensions.length, 1);
+    assert.equal(registeredExtensions.length, 1);
     assert.equal(extension().name, "birefnet.pack");
     assert.equal(typeof extension().nodeCreated, "function");
     extension().setup(app);
@@ -67,7 +67,8 @@ describe("registration", () => {
 
   it("does not register again when ComfyUI serves web/ twice", async () => {
     await import("../../web/birefnet.js?second-copy");
-    assert.equal(app.extensions.length, 1);
+    assert.equal(registeredExtensions.length, 1);
+    assert.equal(app.deprecatedReads, 0); // app.extensions is never read
   });
 });
 
@@ -152,10 +153,11 @@ describe("download progress on Load BiRefNet Model", () => {
     lite = new FakeNode("BiRefNetLoader", { model: "BiRefNet_lite (download)", device: "auto", dtype: "auto", patch_order: "auto" });
     other = new FakeNode("BiRefNetLoader", { model: "BiRefNet (download)", device: "auto", dtype: "auto", patch_order: "auto" });
     segment = new FakeNode("BiRefNetSegment", SEGMENT_VALUES);
-    app.graph = { nodes: [lite, segment], subgraphs: new Map([["sub", { nodes: [other] }]]) };
+    app.legacyGraph = { nodes: [lite, segment], subgraphs: new Map([["sub", { nodes: [other] }]]) }; // an older frontend
   });
   after(() => {
-    app.graph = null;
+    app.legacyGraph = null;
+    app.rootGraph = undefined;
   });
 
   it("shows the status on matching loaders only, without changing widgets_values", () => {
@@ -192,7 +194,16 @@ describe("download progress on Load BiRefNet Model", () => {
       assert.doesNotThrow(() => send("birefnet.download", detail));
     }
     assert.equal(status(lite).label, "downloading…");
-    app.graph = null;
+    app.legacyGraph = null;
     assert.doesNotThrow(() => send("birefnet.download", { model: "BiRefNet_lite (download)", done: 1, total: 2 }));
+  });
+
+  it("uses app.rootGraph where the frontend has it, without reading the deprecated app.graph", () => {
+    app.legacyGraph = { nodes: [] };
+    app.rootGraph = { nodes: [lite] };
+    const reads = app.deprecatedReads;
+    send("birefnet.download", { model: "BiRefNet_lite (download)", done: 1e6, total: 4e6 });
+    assert.equal(status(lite).label, "downloading 25% (1 MB of 4 MB)");
+    assert.equal(app.deprecatedReads, reads);
   });
 });
