@@ -1,8 +1,11 @@
 """Reading BiRefNet checkpoints safely and turning them into ready-to-run models.
 
 * :func:`read_state_dict` reads ``.safetensors``, or ``.pth/.pt/.bin/.ckpt`` with
-  ``torch.load(..., weights_only=True)`` only: a pickle that needs Python code is refused.
-* :func:`normalise_state_dict` strips ``module.`` / ``_orig_mod.`` prefixes.
+  ``torch.load(..., weights_only=True)`` only: a pickle that needs Python code is refused, and an
+  incomplete or damaged file is told apart from a foreign one before torch reads it.
+* :func:`normalise_state_dict` strips ``module.`` / ``_orig_mod.`` prefixes, and a wrapper's prefix
+  shared by every key (``model.``, Lightning's ``net.``...) in front of the BiRefNet keys.
+* :func:`check_tensors` refuses NaN / infinite weights.
 * :func:`detect_backbone` tells the backbone from tensor shapes (never from file names).
 * :func:`load_state_dict_into` loads strictly, explaining any mismatch.
 * :func:`load_model` does all of it from a file, a registry name, a Hub repo id or a state dict.
@@ -19,13 +22,16 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
+import re
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 
 from . import hub
+from .files import atomic_output
 from .config import BACKBONES, PatchOrder
 from .inference import parse_dtype
 from .models import BiRefNet, build_model
@@ -39,6 +45,7 @@ PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 WEIGHTS_SUFFIXES = (".safetensors",) + PICKLE_SUFFIXES
 _PREFIXES = ("module.", "_orig_mod.")
 _WRAPPERS = ("state_dict", "model")
+_PROBES = {backbone_signature(name)[0] for name in BACKBONES}  # one key every BiRefNet state dict has
 
 StateDict = Dict[str, torch.Tensor]
 Source = Union[str, os.PathLike, Variant, Mapping[str, torch.Tensor]]
@@ -68,30 +75,75 @@ def read_state_dict(path: Union[str, os.PathLike]) -> StateDict:
     raises ValueError and nothing in it runs.
     """
     path = Path(path)
-    if not path.is_file():
+    if not hub.is_weights_file(path):
         raise FileNotFoundError(f"BiRefNet weights file not found: {path}")
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        try:
-            data: object = load_file(str(path), device="cpu")
-        except Exception as err:
-            raise ValueError(f"could not read {path} as a safetensors file: {err}") from err
+        problem = hub.safetensors_problem(path)
+        if problem is None:
+            try:
+                data: object = load_file(str(path), device="cpu")
+            except Exception as err:
+                problem = " ".join(str(err).split())[:200]
+        if problem:
+            raise ValueError(f"could not read {path} as a safetensors file: {problem}; download or export it "
+                             "again, or delete it")
     elif suffix in PICKLE_SUFFIXES:
+        problem = _zip_problem(path)
+        if problem:
+            raise ValueError(problem)
         try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as err:
-            if "weights only" not in str(err).lower():
-                raise ValueError(f"could not read {path}: not a valid PyTorch weights file ({err})") from err
-            raise ValueError(
-                f"{path} contains pickled Python objects, not just tensors; refusing to run code from a weights "
-                "file; convert it to .safetensors (or re-save only the state dict) in an environment you trust"
-            ) from None
+            with warnings.catch_warnings():  # torch warns of any pickle protocol but 2; the error says enough
+                warnings.filterwarnings("ignore", message="Detected pickle protocol")
+                data = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise ValueError(_load_failure(path, err)) from None
     else:
         raise ValueError(f"unsupported weights file type {suffix or '(none)'!r} for {path}; "
                          f"expected one of {', '.join(WEIGHTS_SUFFIXES)}")
     return _unwrap(data, path)
+
+
+def _zip_problem(path: Path) -> Optional[str]:
+    """Why the zip-format torch file ``path`` must not be read, told from its central directory
+    alone (nothing is inflated): it lacks that directory (truncated), places data beyond its end,
+    or declares far more data than it holds (torch stores tensors uncompressed: only a crafted
+    file does). None when it looks sound, or is a legacy pickle (no zip)."""
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":
+            return None
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except Exception as err:  # zipfile raises several kinds on a damaged directory
+        return (f"{path} is truncated or damaged ({size:,} bytes; its zip directory is unreadable: {err}); "
+                "download or save it again")
+    end = max((e.header_offset + e.compress_size for e in entries), default=0)
+    if end > size:
+        return (f"{path} is truncated or damaged: its zip directory places data up to byte {end:,} of a {size:,}-byte "
+                "file; download or save it again")
+    declared = sum(e.file_size for e in entries)
+    if declared > max(4 * size, size + 64 * 2**20):
+        return (f"{path} is corrupt or crafted: it declares {declared:,} bytes of data in a {size:,}-byte file; "
+                "refusing to read it")
+    return None
+
+
+def _load_failure(path: Path, err: Exception) -> str:
+    """One line for anything ``torch.load(path, weights_only=True)`` raised."""
+    text = " ".join(str(err).split())
+    if "GLOBAL" in text:  # the pickle names a Python class or function: running it could run any code
+        return (f"{path} contains pickled Python objects, not just tensors; refusing to run code from a weights "
+                "file; convert it to .safetensors (or re-save only the state dict) in an environment you trust")
+    if isinstance(err, EOFError) or "EOF" in text or "truncated" in text:
+        return (f"{path} is truncated or incomplete ({path.stat().st_size:,} bytes); download or save it again")
+    detail = re.search(r"WeightsUnpickler error: (.*?)(?: Check the documentation|$)", text)
+    detail = (detail.group(1) if detail else text.split(". ")[0])[:160] or type(err).__name__
+    return (f"{path} is not a PyTorch checkpoint ({detail}); check that it is the right file, or save its state "
+            "dict again with torch.save, or as .safetensors")
 
 
 def _unwrap(data: object, path: Path) -> StateDict:
@@ -156,15 +208,17 @@ def save_weights(model: torch.nn.Module, path: Union[str, os.PathLike], *,
         meta["birefnet.patch_order"] = PatchOrder.parse(order).value
     meta.update({str(k): str(v) for k, v in (metadata or {}).items()})
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    save_file(sd, str(partial), metadata=meta)
-    os.replace(partial, path)
+    with atomic_output(path) as partial:
+        save_file(sd, str(partial), metadata=meta)
     return path
 
 
 def normalise_state_dict(sd: Mapping[str, torch.Tensor]) -> StateDict:
     """``sd`` with leading ``module.`` and ``_orig_mod.`` (any order, repeated) stripped from every
-    key. Tensors are kept as they are (any dtype); nothing is dropped."""
+    key, then, when no key is a BiRefNet backbone key (``bb.patch_embed.proj.weight`` /
+    ``bb.patch_embed1.proj.weight``) but one appears once the first one to three dotted parts
+    shared by every key are stripped, those parts (a wrapper such as Lightning's ``model.``).
+    Tensors are kept as they are (any dtype); nothing is dropped."""
     out: StateDict = {}
     for key, value in sd.items():
         name = key
@@ -173,7 +227,32 @@ def normalise_state_dict(sd: Mapping[str, torch.Tensor]) -> StateDict:
         if name in out:
             raise ValueError(f"state dict has two tensors named {name!r} once prefixes are stripped")
         out[name] = value
-    return out
+    return _strip_wrapper(out)
+
+
+def _strip_wrapper(sd: StateDict) -> StateDict:
+    if not sd or _PROBES & sd.keys():
+        return sd
+    first = next(iter(sd)).split(".")
+    for depth in range(1, min(4, len(first))):
+        prefix = ".".join(first[:depth]) + "."
+        if not all(key.startswith(prefix) for key in sd):
+            break
+        if any(key[len(prefix):] in _PROBES for key in sd):
+            logger.info("stripped the prefix %r shared by all %d tensor names (a training wrapper's)", prefix, len(sd))
+            return {key[len(prefix):]: value for key, value in sd.items()}
+    return sd
+
+
+def check_tensors(sd: Mapping[str, torch.Tensor], source: Union[str, os.PathLike]) -> None:
+    """Raise ValueError naming the first floating tensor of ``sd`` holding NaN or infinite values
+    (a corrupt checkpoint: the model would output NaN); ``source`` (a file) is named too. One
+    ``isfinite`` pass per tensor."""
+    for key, value in sd.items():
+        if value.is_floating_point() and not value.is_meta and not bool(torch.isfinite(value).all()):
+            count = int(value.numel() - torch.isfinite(value).sum())
+            raise ValueError(f"{source}: tensor {key!r} has {count} NaN/infinite values; the checkpoint is corrupt "
+                             "(re-download or re-export it)")
 
 
 # ------------------------------------------------------------------------------------- detection
@@ -231,19 +310,30 @@ def _describe_foreign(sd: Mapping[str, torch.Tensor]) -> str:
 
 # --------------------------------------------------------------------------------------- loading
 
-def load_state_dict_into(model: torch.nn.Module, sd: Mapping[str, torch.Tensor]) -> torch.nn.Module:
+def load_state_dict_into(model: torch.nn.Module, sd: Mapping[str, torch.Tensor],
+                         source: Optional[Union[str, os.PathLike]] = None) -> torch.nn.Module:
     """Strictly load ``sd`` (prefixes stripped) into ``model``, casting floating tensors to the
     model's dtypes. A model on the ``meta`` device takes the tensors over (``assign=True``).
 
-    Raises ValueError with the missing / unexpected / reshaped keys and a hint on mismatch.
+    Raises ValueError (naming ``source``, the file, when given) with the missing / unexpected /
+    reshaped keys and a hint on mismatch, or with the tensors stored as integers where the model's
+    are floating point.
     """
     sd = normalise_state_dict(sd)
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
     reshaped = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    what = str(source) if source is not None else "checkpoint"
     if missing or unexpected or reshaped:
-        raise ValueError(_mismatch_message(model, sd, missing, unexpected, reshaped))
+        raise ValueError(f"{what} does not fit the model: " + _mismatch_message(model, sd, missing, unexpected,
+                                                                                reshaped))
+    integral = [k for k in own if own[k].is_floating_point() and not sd[k].is_floating_point()]
+    if integral:
+        key = integral[0]
+        raise ValueError(f"{what}: tensor {key!r} is stored as {sd[key].dtype} where the model's is {own[key].dtype} "
+                         f"({len(integral)} such tensors): these weights are not usable; export the checkpoint "
+                         "again with floating-point weights")
     cast = {k: v.to(own[k].dtype) if v.is_floating_point() and own[k].is_floating_point() else v
             for k, v in sd.items()}
     model.load_state_dict(cast, strict=True, assign=any(t.is_meta for t in own.values()))
@@ -255,7 +345,7 @@ def load_state_dict_into(model: torch.nn.Module, sd: Mapping[str, torch.Tensor])
 
 def _mismatch_message(model: torch.nn.Module, sd: StateDict, missing: List[str], unexpected: List[str],
                       reshaped: List[str]) -> str:
-    parts = [f"checkpoint does not fit the model: {len(missing)} missing keys {missing[:4]}, "
+    parts = [f"{len(missing)} missing keys {missing[:4]}, "
              f"{len(unexpected)} unexpected keys {unexpected[:4]}"]
     if reshaped:
         shapes = [f"{k}: {list(sd[k].shape)} vs {list(model.state_dict()[k].shape)}" for k in reshaped[:3]]
@@ -288,12 +378,29 @@ def _is_plain_name(text: str) -> bool:
     return bool(text) and text not in (".", "..") and not any(c in text for c in "/\\:\0")
 
 
+def check_model_name(text: str) -> None:
+    """Raise ValueError when ``text`` (a model name or path) could not name any file: a NUL or
+    other control character, a part longer than 255 bytes, or a lone '.' or '..'."""
+    problem = None
+    if any(ord(c) < 32 for c in text):
+        problem = "it contains a NUL or another control character"
+    elif text.strip() in (".", ".."):
+        problem = "'.' and '..' are folders, not models"
+    elif any(len(part.encode("utf-8", "surrogatepass")) > 255 for part in re.split(r"[/\\]", text)):
+        problem = "a file name (or a folder name in a path) is at most 255 bytes long"
+    if problem:
+        shown = text if len(text) <= 60 else text[:60] + "..."
+        raise ValueError(f"refusing model name {shown!r}: {problem}")
+
+
 def _resolve(source: Source, models_dir: Optional[Union[str, os.PathLike]], token: Optional[str],
              progress: hub.Progress = True) -> Tuple[Optional[Path], Optional[Variant]]:
     """The weights file for ``source`` and the registry entry it was asked for by (if any)."""
     folder = Path(models_dir).expanduser() if models_dir is not None else default_models_dir()
     if isinstance(source, Variant):
         return hub.download(source, folder, token=token, progress=progress), source
+    if isinstance(source, (str, os.PathLike)):
+        check_model_name(str(source))
     if isinstance(source, os.PathLike):
         path = Path(source).expanduser()
     elif isinstance(source, str):
@@ -309,10 +416,11 @@ def _resolve(source: Source, models_dir: Optional[Union[str, os.PathLike]], toke
         if not relative:
             path = Path(text).expanduser()
         elif _is_plain_name(text):  # a file in the models folder, else (with a suffix) in the working directory
-            found = next((p for p in (folder / text, folder / f"{text}.safetensors") if p.is_file()), None)
-            if found is None and not has_suffix:
-                get_variant(text)  # raises ValueError listing close matches
-            path = found or Path(text)
+            path = folder / (text if has_suffix else f"{text}.safetensors")
+            if not hub.is_weights_file(path):
+                if not has_suffix:
+                    get_variant(text)  # raises ValueError listing close matches
+                path = Path(text)
         elif has_suffix:
             path = Path(text).expanduser()
         elif hub.is_repo_id(text):
@@ -322,7 +430,7 @@ def _resolve(source: Source, models_dir: Optional[Union[str, os.PathLike]], toke
                              f"up inside the models folder {folder}; pass a pathlib.Path to load a file elsewhere")
     else:
         raise TypeError(f"cannot load a BiRefNet model from a {type(source).__name__}")
-    if not path.is_file():
+    if not hub.is_weights_file(path):
         raise FileNotFoundError(f"BiRefNet weights file not found: {path}")
     return path, None
 
@@ -366,6 +474,7 @@ def load_model(source: Source, *, device: Union[None, str, torch.device] = None,
         path, variant = _resolve(source, models_dir, token, progress)
         sd = normalise_state_dict(read_state_dict(path))
     backbone = detect_backbone(sd)
+    check_tensors(sd, path or "the state dict")
     if variant is not None and variant.backbone != backbone:
         raise ValueError(f"{path} should hold model '{variant.name}' (backbone {variant.backbone}) but its tensors "
                          f"are a {backbone} BiRefNet: the file is misnamed or corrupt; delete or rename it")
@@ -385,7 +494,7 @@ def load_model(source: Source, *, device: Union[None, str, torch.device] = None,
         sd[key] = _placed(sd[key], target_device, target_dtype, copy=in_memory)
     with torch.device("meta"):
         model = build_model(backbone, patch_order=order).to(dtype=target_dtype)
-    load_state_dict_into(model, sd)
+    load_state_dict_into(model, sd, path)
     model = model.to(device=target_device).eval()
     model.variant = variant or named
     model.source = str(path) if path is not None else "<state dict>"
@@ -409,6 +518,6 @@ def _choose_patch_order(requested: Union[None, str, PatchOrder], variant: Option
                                "2024-11-05 change; pass patch_order='current' for newer ones")
 
 
-__all__ = ["MODELS_DIR_ENV", "WEIGHTS_SUFFIXES", "default_device", "default_models_dir", "detect_backbone", "peek_backbone",
-           "load_model", "load_state_dict_into", "normalise_state_dict", "read_metadata", "read_state_dict",
-           "save_weights"]
+__all__ = ["MODELS_DIR_ENV", "WEIGHTS_SUFFIXES", "check_model_name", "check_tensors", "default_device",
+           "default_models_dir", "detect_backbone", "peek_backbone", "load_model", "load_state_dict_into",
+           "normalise_state_dict", "read_metadata", "read_state_dict", "save_weights"]

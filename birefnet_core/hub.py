@@ -4,13 +4,16 @@ Layout: a model is stored as ``<folder>/<name>.safetensors`` directly in the fol
 gives (``<name>`` is the registry name, e.g. ``BiRefNet_lite.safetensors``, or ``<owner>--<repo>``
 for a repository that is not in the registry), so a loader that lists ``*.safetensors`` in that
 folder finds it again without network. While downloading, huggingface_hub works in
-``<folder>/.download/<name>/`` (resumable partial files live there); the finished file is moved
-into place and that folder removed.
+``<folder>/.download/<name>/``; the finished file is moved into place and that folder removed,
+and so is everything in it when the download fails or is interrupted (on any exit: ComfyUI's
+interrupt is a BaseException). Downloads are not resumed: hidden partial files of hundreds of MB
+in a model folder that no UI shows would cost more than downloading again.
 
-Order of attempts in :func:`download`: the file already in the folder (no network at all); the
-same file in the Hugging Face cache (``HF_HUB_CACHE``; hard-linked, else copied, into the folder);
-a download. Any failure raises one :class:`ModelNotAvailableError` whose single-line message names
-the repository, the file, its URL and where to put it by hand.
+Order of attempts in :func:`download`: the file already in the folder (no network at all) unless
+it is an incomplete download (:func:`safetensors_problem`); the same file in the Hugging Face cache
+(``HF_HUB_CACHE``; hard-linked, else copied, into the folder); a download. The folder is checked
+for writing before either. Any failure raises one :class:`ModelNotAvailableError` whose
+single-line message names the repository, the file, its URL and where to put it by hand.
 
 huggingface_hub is imported inside the functions only, so importing the core stays fast. No code
 from the Hub is ever executed: only the weights file is fetched.
@@ -18,13 +21,19 @@ from the Hub is ever executed: only the weights file is fetched.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import re
 import shutil
+import stat
+import tempfile
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional, Union
 
 from .registry import Variant, find_variant
+
+logger = logging.getLogger(__name__)
 
 #: sub-folder of the models folder where downloads in progress live
 STAGING = ".download"
@@ -91,8 +100,13 @@ def download(source: Union[Variant, str], folder: Union[str, Path], *, token: Op
     target = hub_file(source)
     folder = Path(folder).expanduser()
     final = folder / f"{target.name}.safetensors"
-    if final.is_file():
+    present = is_weights_file(final)
+    broken = safetensors_problem(final) if present else None
+    if present and broken is None:
         return final
+    if broken is not None:
+        logger.info("%s is an incomplete download (%s): fetching it again", final, broken)
+    _check_writable(folder)
 
     from huggingface_hub import hf_hub_download
 
@@ -100,42 +114,94 @@ def download(source: Union[Variant, str], folder: Union[str, Path], *, token: Op
         cached = Path(hf_hub_download(target.repo_id, target.filename, cache_dir=cache_dir, local_files_only=True))
     except Exception:
         cached = None
-    if cached is not None and cached.is_file():
-        folder.mkdir(parents=True, exist_ok=True)
+    if cached is not None and cached.is_file() and safetensors_problem(cached) is None:  # a broken one is skipped
         _place_copy(cached.resolve(), final)
         return final
 
     staging = folder / STAGING / target.name
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
+    try:  # an interrupt (a BaseException) passes unchanged; the staging folder goes on any exit
         got = Path(hf_hub_download(target.repo_id, target.filename, local_dir=staging, token=token,
                                    tqdm_class=_tqdm_class(progress)))
-    except Exception as err:
-        _clean_staging(staging, keep_partial=True)
-        raise _explain(err, target, folder) from err
-    try:
         os.replace(got, final)
-    except FileNotFoundError:  # another process moved it first
-        if not final.is_file():
-            raise
-    _clean_staging(staging, keep_partial=False)
+    except Exception as err:
+        raise _explain(err, target, folder, broken) from err
+    finally:
+        _clean_staging(staging)
     return final
 
 
-def _place_copy(source: Path, final: Path) -> None:
-    """Hard-link (or copy) ``source`` to ``final`` atomically."""
-    part = final.with_name(final.name + ".part")
-    part.unlink(missing_ok=True)
+def is_weights_file(path: Union[str, Path]) -> bool:
+    """True when ``path`` is a file, False when nothing is there. A folder (or another non-file)
+    there, a folder that cannot be searched or a name no file can have raise one line naming it."""
+    path = Path(path)
     try:
-        os.link(source, part)
-    except OSError:
-        shutil.copyfile(source, part)
-    os.replace(part, final)
+        mode = path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except PermissionError as err:
+        raise PermissionError(f"cannot look into the folder {path.parent} ({err.strerror}): check its "
+                              "permissions, or choose another models folder") from None
+    except (OSError, ValueError) as err:  # a NUL byte, a name too long, a loop of links
+        reason = getattr(err, "strerror", None) or err
+        raise ValueError(f"cannot use {str(path)!r} as a weights file: {reason}") from None
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a special file"
+        raise ValueError(f"{path} is {kind}, not a weights file; remove or rename it")
+    return True
 
 
-def _clean_staging(staging: Path, *, keep_partial: bool) -> None:
-    if keep_partial and staging.is_dir() and any(staging.rglob("*.incomplete")):
-        return
+def safetensors_problem(path: Union[str, Path]) -> Optional[str]:
+    """What makes ``path`` an incomplete or corrupt ``.safetensors`` file, told from its header and
+    size alone (no tensor is read), or None when the file is exactly as long as its header says:
+    8 bytes of header length, the JSON header, then the data up to the last tensor's end."""
+    size = Path(path).stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return f"it is incomplete: {size} bytes, less than a safetensors header"
+        length = int.from_bytes(head, "little")
+        if length > min(size - 8, 100_000_000):
+            return f"it is incomplete or corrupt: its header claims {length:,} bytes, the file holds {size:,}"
+        try:
+            header = json.loads(f.read(length))
+            end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            return "it is corrupt: its header is not a safetensors header"
+    expected = 8 + length + end
+    if size < expected:
+        return f"it is incomplete: {size:,} of the {expected:,} bytes its header announces"
+    if size > expected:
+        return f"it is corrupt: {size:,} bytes where its header announces {expected:,}"
+    return None
+
+
+def _check_writable(folder: Path) -> None:
+    """Create ``folder`` if needed and write a file there (os.access cannot tell: it says yes to
+    root on read-only file systems)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise ModelNotAvailableError(f"cannot write to the models folder {folder} ({err.strerror or err}): choose "
+                                     "another --models-dir or set BIREFNET_MODELS_DIR") from None
+
+
+def _place_copy(source: Path, final: Path) -> None:
+    """Hard-link (or copy) ``source`` to ``final`` atomically; a copy that fails leaves nothing."""
+    part = final.with_name(final.name + ".part")
+    try:
+        part.unlink(missing_ok=True)
+        try:
+            os.link(source, part)
+        except OSError:
+            shutil.copyfile(source, part)
+        os.replace(part, final)
+    finally:
+        part.unlink(missing_ok=True)
+
+
+def _clean_staging(staging: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
     try:
         staging.parent.rmdir()  # only if empty
@@ -166,8 +232,10 @@ def _tqdm_class(progress: Progress) -> Optional[type]:
     return Reporting
 
 
-def _explain(err: BaseException, target: HubFile, folder: Path) -> ModelNotAvailableError:
-    """One single-line error for any failure to fetch ``target``."""
+def _explain(err: BaseException, target: HubFile, folder: Path,
+             broken: Optional[str] = None) -> ModelNotAvailableError:
+    """One single-line error for any failure to fetch ``target`` (``broken``: what is wrong with
+    the incomplete copy in the folder, if there is one)."""
     from huggingface_hub import constants
 
     kinds = {cls.__name__ for cls in type(err).__mro__}
@@ -183,13 +251,15 @@ def _explain(err: BaseException, target: HubFile, folder: Path) -> ModelNotAvail
     elif "EntryNotFoundError" in kinds and "LocalEntryNotFoundError" not in kinds:
         reason = f"the repository has no file '{target.filename}'"
     elif constants.HF_HUB_OFFLINE or "OfflineModeIsEnabled" in kinds:
-        reason = "Hugging Face Hub offline mode is on (HF_HUB_OFFLINE) and the file is not in the models folder"
+        reason = "Hugging Face Hub offline mode is on (HF_HUB_OFFLINE)"
     else:
         detail = " ".join(str(err).split())[:200]
         reason = f"it could not be downloaded (no connection to the Hub? {type(err).__name__}: {detail})"
     if target.gated and error_cls is not ModelAccessError:
         reason += "; note this repository is gated: accept its licence on the Hub and set HF_TOKEN"
     final = folder / f"{target.name}.safetensors"
+    if broken is not None:
+        reason = f"{final} is a broken download ({broken}) and fetching it again failed: {reason}; delete that file"
     return error_cls(
         f"BiRefNet model '{target.name}' (file '{target.filename}' of Hugging Face repo '{target.repo_id}') is not "
         f"available: {reason}. To install it by hand, download {target.url} and save it as '{final.name}' in the "

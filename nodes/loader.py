@@ -48,15 +48,16 @@ def resolve_choice(choice: str, progress=None) -> Tuple[Path, Optional[object]]:
         return path, None
     path = comfy.model_file(comfy.MODEL_FOLDER, name)
     variant = find_variant(Path(name).stem) if name.lower().endswith(".safetensors") else find_variant(name)
-    if path is not None:
+    if path is not None and (variant is None or path != local_path(variant, path.parent)):
         return path, variant
+    if path is None and variant is not None:
+        path = _downloaded(variant.name)
+    if path is not None:  # a registry model's file: download() returns it, or fetches a broken one again
+        return download(variant, path.parent, progress=progress), variant
     if variant is None:
         folders = ", ".join(str(f) for f in comfy.model_folders())
         raise FileNotFoundError(f"model {name!r} is neither in the birefnet model folder ({folders}) nor a known "
                                 "BiRefNet model name")
-    existing = _downloaded(variant.name)
-    if existing is not None:
-        return existing, variant
     folders = comfy.model_folders()
     if not folders:
         raise FileNotFoundError("no birefnet model folder is configured")
@@ -109,15 +110,25 @@ class BiRefNetLoader:
     @classmethod
     def VALIDATE_INPUTS(cls, model, **_):
         # any saved value that resolves is valid: a model chosen as "X (download)" is listed as
-        # "X.safetensors" once downloaded, and workflows saved before must keep working
+        # "X.safetensors" once downloaded, and workflows saved before must keep working. Whatever
+        # a workflow holds, the answer is True or one line, never an exception.
+        from ..birefnet_core.checkpoint import check_model_name
+
+        if not isinstance(model, str):
+            return f"model must be a file or model name, not {type(model).__name__}"
         name = model[: -len(DOWNLOAD_MARK)] if model.endswith(DOWNLOAD_MARK) else model
         try:
+            check_model_name(name)
             if name.startswith(BUILTIN_PREFIX):
-                comfy.model_file(comfy.BUILTIN_FOLDER, name[len(BUILTIN_PREFIX):])
+                found = comfy.model_file(comfy.BUILTIN_FOLDER, name[len(BUILTIN_PREFIX):])
             else:
-                comfy.model_file(comfy.MODEL_FOLDER, name)
-        except ValueError as exc:
-            return str(exc)
+                found = comfy.model_file(comfy.MODEL_FOLDER, name) or find_variant(
+                    Path(name).stem if name.lower().endswith(".safetensors") else name)
+        except (ValueError, OSError) as exc:
+            return " ".join(str(exc).split())
+        if found is None:
+            folders = ", ".join(str(f) for f in comfy.model_folders())
+            return f"model {name!r} is neither in the birefnet model folder ({folders}) nor a known BiRefNet model name"
         return True
 
     def load(self, model: str, device: str, dtype: str, patch_order: str):

@@ -245,7 +245,7 @@ def test_download_returns_a_file_already_in_the_folder_without_the_hub(tmp_path,
     import huggingface_hub
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: pytest.fail("touched the Hub"))
-    (tmp_path / "BiRefNet_lite.safetensors").write_bytes(b"x")
+    save_file({"x": torch.zeros(1)}, tmp_path / "BiRefNet_lite.safetensors")  # complete (a broken one is fetched)
     assert hub.download("birefnet_lite", tmp_path) == tmp_path / "BiRefNet_lite.safetensors"
 
 
@@ -267,9 +267,10 @@ def test_download_offline_from_the_hugging_face_cache(tmp_path):
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(sha)
     (repo / "snapshots" / sha).mkdir(parents=True)
-    (repo / "snapshots" / sha / "model.safetensors").write_bytes(b"hr weights")
+    save_file({"hr": torch.ones(3)}, repo / "snapshots" / sha / "model.safetensors")
     got = hub.download("BiRefNet_HR", tmp_path / "models", cache_dir=tmp_path / "cache")
-    assert got == tmp_path / "models" / "BiRefNet_HR.safetensors" and got.read_bytes() == b"hr weights"
+    assert got == tmp_path / "models" / "BiRefNet_HR.safetensors"
+    assert got.read_bytes() == (repo / "snapshots" / sha / "model.safetensors").read_bytes()
 
 
 def test_offline_missing_model_raises_one_line_error(tmp_path):

@@ -145,6 +145,13 @@ def test_loader_downloads_a_registry_model_from_a_local_hub_cache(nodes, core, m
     # a workflow saved before the download still loads
     (again,) = loader().load("BiRefNet_lite (download)", "cpu", "float32", "auto")
     assert again.source == str(models_dir / "BiRefNet_lite.safetensors")
+    # an interrupted earlier download under the final name is fetched again, by either value
+    whole = (models_dir / "BiRefNet_lite.safetensors").read_bytes()
+    for value in ("BiRefNet_lite.safetensors", "BiRefNet_lite (download)"):
+        (models_dir / "BiRefNet_lite.safetensors").unlink()  # a new file: the old one is linked to the cache
+        (models_dir / "BiRefNet_lite.safetensors").write_bytes(whole[:1000])
+        loader().load(value, "cpu", "float32", "auto")
+        assert (models_dir / "BiRefNet_lite.safetensors").read_bytes() == whole
 
 
 def test_offline_registry_model_gives_one_clear_error(nodes, core, models_dir, tmp_path, monkeypatch):

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from ..checkpoint import load_model, normalise_state_dict, read_state_dict, save_weights
+from ..checkpoint import check_tensors, load_model, normalise_state_dict, read_state_dict, save_weights
 from ..config import BACKBONES, PatchOrder
 from ..files import atomic_output
 from ..models import BiRefNet, build_model
@@ -115,6 +115,7 @@ def load_backbone_weights(model: BiRefNet, path: str) -> int:
     """Load pretrained backbone weights (a file holding the backbone's state dict, keys optionally
     prefixed ``bb.`` / ``backbone.`` / ``encoder.``) into ``model.bb``. Returns tensors loaded."""
     sd = normalise_state_dict(read_state_dict(path))
+    check_tensors(sd, path)
     own = model.bb.state_dict()
     taken: Dict[str, torch.Tensor] = {}
     for key, value in sd.items():
