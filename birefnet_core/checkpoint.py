@@ -31,8 +31,8 @@ from typing import Dict, List, Mapping, Optional, Tuple, Union
 import torch
 
 from . import hub
-from .files import atomic_output
 from .config import BACKBONES, PatchOrder
+from .files import atomic_output
 from .inference import parse_dtype
 from .models import BiRefNet, build_model
 from .models.backbones import backbone_signature

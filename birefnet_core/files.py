@@ -106,12 +106,14 @@ def check_outputs(outputs: Iterable[Path], inputs: Sequence[Path], *, overwrite:
     return existing
 
 
-def prepare_folder(path: PathLike, what: str = "output folder") -> bool:
+def prepare_folder(path: PathLike, what: str = "output folder", hint: str = "choose another one") -> bool:
     """Make sure ``path`` is a folder this process can write to (created with its parents if
-    needed); returns True when it was created here. Raises :class:`OutputError` in one line."""
+    needed; a test file is written, since os.access says yes to root on read-only file systems);
+    returns True when it was created here. Raises :class:`OutputError` in one line, ending in
+    ``hint``."""
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
-        raise OutputError(f"{what} {folder} is a file, not a folder: choose a folder name")
+        raise OutputError(f"{what} {folder} is a file, not a folder: {hint}")
     created = not folder.exists()
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -121,7 +123,7 @@ def prepare_folder(path: PathLike, what: str = "output folder") -> bool:
     except OSError as exc:
         if created:
             remove_if_empty(folder)
-        raise OutputError(f"cannot write to the {what} {folder}: {exc.strerror or exc}; choose another one") from None
+        raise OutputError(f"cannot write to the {what} {folder}: {exc.strerror or exc}; {hint}") from None
     return created
 
 

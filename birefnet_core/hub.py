@@ -27,10 +27,10 @@ import os
 import re
 import shutil
 import stat
-import tempfile
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional, Union
 
+from .files import OutputError, atomic_output, prepare_folder
 from .registry import Variant, find_variant
 
 logger = logging.getLogger(__name__)
@@ -179,26 +179,18 @@ def _check_writable(folder: Path) -> None:
     """Create ``folder`` if needed and write a file there (os.access cannot tell: it says yes to
     root on read-only file systems)."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as err:
-        raise ModelNotAvailableError(f"cannot write to the models folder {folder} ({err.strerror or err}): choose "
-                                     "another --models-dir or set BIREFNET_MODELS_DIR") from None
+        prepare_folder(folder, "models folder", "choose another with --models-dir or BIREFNET_MODELS_DIR")
+    except OutputError as err:
+        raise ModelNotAvailableError(str(err)) from None
 
 
 def _place_copy(source: Path, final: Path) -> None:
     """Hard-link (or copy) ``source`` to ``final`` atomically; a copy that fails leaves nothing."""
-    part = final.with_name(final.name + ".part")
-    try:
-        part.unlink(missing_ok=True)
+    with atomic_output(final) as part:
         try:
             os.link(source, part)
         except OSError:
             shutil.copyfile(source, part)
-        os.replace(part, final)
-    finally:
-        part.unlink(missing_ok=True)
 
 
 def _clean_staging(staging: Path) -> None:

@@ -361,8 +361,8 @@ def test_the_models_folder_is_checked_for_writing_before_any_download(monkeypatc
     fake_hub(monkeypatch, "ok", calls)
     folder = Path("/sys/birefnet-test")
     message = refused(lambda: hub.download("BiRefNet_lite", folder), ModelNotAvailableError)
-    assert message.startswith(f"cannot write to the models folder {folder} (")
-    assert message.endswith("): choose another --models-dir or set BIREFNET_MODELS_DIR") and calls == []
+    assert message.startswith(f"cannot write to the models folder {folder}: ")
+    assert message.endswith("; choose another with --models-dir or BIREFNET_MODELS_DIR") and calls == []
 
 
 @pytest.mark.parametrize("failure", [OSError(28, "No space left on device"), Interrupted("cancelled")])
