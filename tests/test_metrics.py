@@ -530,3 +530,8 @@ def test_eval_prints_the_results_when_the_csv_cannot_be_written(folders, capsys,
         assert err.count("\n") == 1 and f"cannot write --csv {bad}" in err
     assert not [p for p in tmp_path.rglob("*") if ".partial-" in p.name]  # no temporary file left
     assert not any((tmp_path / "a-folder").iterdir())
+    ground_truth = sorted(gt_dir.iterdir())[0]
+    before = ground_truth.read_bytes()
+    assert main(["eval", "--pred", str(pred_dir), "--gt", str(gt_dir), "--metrics", "S", "--csv",
+                 str(ground_truth)]) == 1
+    assert "is the input" in capsys.readouterr().err and ground_truth.read_bytes() == before
