@@ -1,8 +1,9 @@
 """Command line: ``python -m birefnet_core <command> ...``.
 
 Commands: ``predict`` (masks and cut-outs for image files), ``video`` (alpha video for a video
-file), ``eval`` (metrics of predicted masks against ground truth, equal to PySODMetrics) and
-``bench`` (benchmarks that print figures). They are built on the same core API as the ComfyUI nodes.
+file), ``eval`` (metrics of predicted masks against ground truth, equal to PySODMetrics),
+``bench`` (benchmarks that print figures) and ``doctor`` (what this machine runs, for bug
+reports). They are built on the same core API as the ComfyUI nodes.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from typing import Optional, Sequence
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import bench, predict, video_cli
+    from . import bench, doctor, predict, video_cli
     from .train import evaluate
 
     parser = argparse.ArgumentParser(prog="python -m birefnet_core",
-                                     description="BiRefNet: segmentation, matting, video, evaluation and benchmarks.")
+                                     description="BiRefNet: segmentation, matting, video, evaluation, benchmarks "
+                                                 "and a report on this machine.")
     commands = parser.add_subparsers(dest="command", metavar="command")
     predict.add_arguments(commands.add_parser("predict", help="write a mask and an RGBA cut-out per image"))
     video_cli.add_arguments(commands.add_parser("video", help="write an alpha video (ProRes 4444, VP9 WebM or PNGs) "
@@ -25,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_arguments(commands.add_parser("eval", help="metrics (S, F, E, wF, MAE, HCE) of predicted masks "
                                                             "against ground-truth masks"))
     bench.add_arguments(commands.add_parser("bench", help="print speed and memory figures"))
+    doctor.add_arguments(commands.add_parser("doctor", help="versions, devices, kernels, dtypes and models of this "
+                                                            "machine, for a bug report"))
     return parser
 
 
@@ -44,6 +48,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from . import video_cli as command
     elif args.command == "eval":
         from .train import evaluate as command
+    elif args.command == "doctor":
+        from . import doctor as command
     else:
         from . import bench as command
     return run_command(lambda: command.run(args))

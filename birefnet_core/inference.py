@@ -8,10 +8,11 @@ input's size. Nothing round-trips through PIL or NumPy.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple, Union
+from typing import Callable, FrozenSet, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +35,40 @@ def auto_dtype(device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+@functools.lru_cache(maxsize=1)
+def _cpu_flags() -> FrozenSet[str]:
+    """The instruction-set flags of the first CPU in /proc/cpuinfo ("flags" on x86, "Features"
+    on ARM); empty where there is no /proc/cpuinfo (macOS, Windows)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                name, _, value = line.partition(":")
+                if name.strip().lower() in ("flags", "features"):
+                    return frozenset(value.split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_has_native_bfloat16() -> bool:
+    """True when the CPU computes in bfloat16 natively (x86: AVX512-BF16 or AMX-BF16; ARM: the
+    BF16 extension). Elsewhere, and where it cannot be told (no /proc/cpuinfo), False: torch then
+    converts every bfloat16 operation through float32, many times slower than float32 itself."""
+    return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def cpu_has_native_float16() -> bool:
+    """True when the CPU computes in float16 natively (x86: AVX512-FP16 or AMX-FP16; ARM: FP16
+    arithmetic, ``asimdhp``); False elsewhere and where it cannot be told."""
+    return bool(_cpu_flags() & {"avx512_fp16", "amx_fp16", "asimdhp"})
+
+
 def parse_dtype(value: Union[None, str, torch.dtype], device: torch.device) -> torch.dtype:
+    """The dtype named by ``value`` (a torch dtype, "float32"/"fp32", "float16"/"fp16"/"half",
+    "bfloat16"/"bf16", or None/"auto" for :func:`auto_dtype`) for a model on ``device``.
+
+    Half precision asked for explicitly on a CPU without native support for it is allowed, with
+    one warning per dtype and process: it is correct but emulated, many times slower."""
     if value is None or value == "auto":
         return auto_dtype(device)
     if isinstance(value, torch.dtype):
@@ -46,6 +80,12 @@ def parse_dtype(value: Union[None, str, torch.dtype], device: torch.device) -> t
             raise ValueError(f"dtype must be auto, float32, float16 or bfloat16, got {value!r}")
     if dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
+    if dtype != torch.float32 and device is not None and torch.device(device).type == "cpu":
+        native = cpu_has_native_bfloat16() if dtype == torch.bfloat16 else cpu_has_native_float16()
+        if not native:
+            name = str(dtype).replace("torch.", "")
+            warn_once(f"emulated {name}", "%s runs emulated on this CPU (no native %s instructions), many times "
+                      "slower than float32: use float32 (dtype auto) on CPU", name, name)
     return dtype
 
 

@@ -1,0 +1,133 @@
+"""``python -m birefnet_core doctor``: the report's sections, the models listing, --check, --json,
+and the warning for half precision on a CPU that only emulates it."""
+
+import contextlib
+import io
+import json
+import logging
+import re
+import shutil
+
+import pytest
+import torch
+
+from birefnet_core import doctor, inference
+from birefnet_core.__main__ import main
+
+TITLES = ("Versions", "CPU", "Devices", "Deformable convolution", "dtype policy", "Models", "Check")
+
+
+@pytest.fixture(scope="module")
+def models_dir(tiny_checkpoint, tmp_path_factory):
+    """A models folder: a real pvt_v2_b0 checkpoint, the same named like a registry entry of another
+    backbone, a text file posing as safetensors, a pickle and a file that is no weights file."""
+    folder = tmp_path_factory.mktemp("doctor-models")
+    shutil.copy(tiny_checkpoint, folder / "tiny.safetensors")
+    shutil.copy(tiny_checkpoint, folder / "BiRefNet_lite.safetensors")  # the registry's is a swin_v1_t
+    (folder / "x.safetensors").write_text("not a checkpoint\n")
+    (folder / "old.pth").write_bytes(b"\x80\x04K\x01.")
+    (folder / "notes.txt").write_text("not a weights file\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def doctor_run(models_dir, tmp_path_factory):
+    """One in-process ``doctor --check --json`` run: (exit status, stdout, the JSON report)."""
+    json_path = tmp_path_factory.mktemp("doctor-json") / "report.json"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        status = main(["doctor", "--check", "--json", str(json_path), "--models-dir", str(models_dir)])
+    assert [p.name for p in json_path.parent.iterdir()] == ["report.json"]  # no partial file left
+    return status, out.getvalue(), json.loads(json_path.read_text())
+
+
+def test_report_has_every_section_in_one_screen(doctor_run):
+    _, text, _ = doctor_run
+    titles = [line for line in text.splitlines() if line and not line.startswith(" ")]
+    assert [next(t for t in TITLES if line.startswith(t)) for line in titles] == list(TITLES)
+    for name in ("torch ", "torchvision", "numpy", "pillow", "safetensors", "huggingface_hub", "kornia", "av "):
+        assert name in text
+    assert re.search(r"^  cpu +float32 +uses portable", text, re.M)
+    assert re.search(r"^  cpu +auto = float32", text, re.M)
+    assert len(text.splitlines()) < 60
+
+
+def test_check_on_cpu_passes(doctor_run):
+    status, text, _ = doctor_run
+    assert status == 0
+    match = re.search(r"^  cpu +float32 +max (\S+) +mean (\S+) .* ok$", text, re.M)
+    assert match and float(match.group(1)) < 1e-3
+    assert re.search(r"^  cpu +bfloat16 +max \S+ .* ok$", text, re.M)
+
+
+def test_models_section_reads_headers_only(doctor_run, models_dir):
+    _, text, report = doctor_run
+    assert str(models_dir) in text and "--models-dir" in text
+    files = {f["name"]: f for f in report["models"]["files"]}
+    assert set(files) == {"tiny.safetensors", "BiRefNet_lite.safetensors", "x.safetensors", "old.pth"}
+    assert files["tiny.safetensors"]["backbone"] == "pvt_v2_b0" and files["tiny.safetensors"]["problem"] is None
+    assert files["x.safetensors"]["problem"].startswith("unreadable")
+    assert files["old.pth"]["problem"] == "not inspected: pickle"
+    assert "registry entry BiRefNet_lite (swin_v1_t)" in files["BiRefNet_lite.safetensors"]["problem"]
+    assert re.search(r"^  tiny\.safetensors .* pvt_v2_b0, patch order legacy", text, re.M)
+    assert re.search(r"^  x\.safetensors .* unreadable", text, re.M)
+
+
+def test_json_holds_every_section(doctor_run):
+    _, _, report = doctor_run
+    assert set(report) == {"versions", "cpu", "devices", "deform", "dtype_policy", "models", "check"}
+    assert report["versions"]["torch"] == torch.__version__
+    rows = {(r["device"], r["dtype"]): r for r in report["check"]}
+    assert rows["cpu", "float32"]["status"] == "ok" and rows["cpu", "float32"]["max_diff"] < 1e-3
+    assert {(r["device"], r["dtype"]) for r in report["deform"]} >= {("cpu", "float32"), ("cpu", "bfloat16")}
+
+
+def test_missing_models_folder_is_one_line(tmp_path):
+    info = doctor.collect_models(str(tmp_path / "absent"))
+    assert info.files == [] and "does not exist" in info.problem
+    assert len(doctor.format_section(doctor.Report(models=info), "models").splitlines()) == 2
+
+
+def test_check_catches_a_kernel_that_ignores_offsets(monkeypatch):
+    """The check's network has non-zero offsets and spread probabilities, so a deformable
+    convolution that samples at the wrong places fails even the half-precision limit."""
+    from birefnet_core.ops import deform_conv
+
+    model, x, reference = doctor.check_model()
+    ok = doctor.check_one(model, x, reference, torch.device("cpu"), torch.bfloat16)
+    assert ok.status == "ok", ok
+    real = deform_conv.deform_conv2d
+    monkeypatch.setattr(deform_conv, "deform_conv2d", lambda i, offset, *a, **k: real(i, offset * 0, *a, **k))
+    broken = doctor.check_one(model, x, reference, torch.device("cpu"), torch.bfloat16)
+    assert broken.status == "FAIL" and broken.max_diff > 0.05
+
+
+def test_explicit_half_precision_on_a_cpu_without_it_warns_once(monkeypatch, caplog):
+    monkeypatch.setattr(inference, "_warned", set())
+    monkeypatch.setattr(inference, "cpu_has_native_bfloat16", lambda: False)
+    monkeypatch.setattr(inference, "cpu_has_native_float16", lambda: True)
+    with caplog.at_level(logging.WARNING, logger="birefnet_core.inference"):
+        assert inference.parse_dtype("auto", torch.device("cpu")) == torch.float32
+        assert inference.parse_dtype("float16", torch.device("cpu")) == torch.float16
+        assert inference.parse_dtype("bfloat16", torch.device("cuda")) == torch.bfloat16
+        assert caplog.records == []
+        assert inference.parse_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+        assert inference.parse_dtype(torch.bfloat16, "cpu") == torch.bfloat16
+    assert len(caplog.records) == 1
+    assert "bfloat16 runs emulated on this CPU" in caplog.records[0].getMessage()
+    assert "slower than float32" in caplog.records[0].getMessage()
+
+
+def test_no_warning_where_the_cpu_has_native_bfloat16(monkeypatch, caplog):
+    monkeypatch.setattr(inference, "_warned", set())
+    monkeypatch.setattr(inference, "cpu_has_native_bfloat16", lambda: True)
+    with caplog.at_level(logging.WARNING, logger="birefnet_core.inference"):
+        inference.parse_dtype("bf16", torch.device("cpu"))
+    assert caplog.records == []
+
+
+def test_json_into_a_missing_folder_is_one_line_before_any_work(tmp_path, capsys):
+    assert main(["doctor", "--json", str(tmp_path / "absent" / "report.json")]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("error: ") and "absent" in captured.err and len(captured.err.splitlines()) == 1
