@@ -11,15 +11,22 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import gc
+import json
 import os
 import platform
 import statistics
 import threading
 import time
-from typing import Callable, Iterator, List, Optional
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import torch
 
+from .cli import one_line
+from .files import atomic_output
+from .inference import OUT_OF_MEMORY
 from .ops import BACKEND_NAMES, deform_conv2d
 from .ops.deform_conv import BACKENDS
 from .ops.spec import check_arguments
@@ -111,6 +118,39 @@ def measure(fn: Callable[[], object], device: torch.device, repeats: int):
     return statistics.median(times), peak[0]
 
 
+# one ASPP block of the decoder: deformable convolutions 64 -> 256 channels, k = 1 (twice), 3, 7
+DECODER_CALLS_PER_BLOCK = {1: 2, 3: 1, 7: 1}
+# decoder blocks per feature-map side at a 1024^2 input (the squeeze block and block 4 share 32^2)
+DECODER_BLOCKS_AT_1024 = {32: 2, 64: 1, 128: 1, 256: 1}
+
+
+class DeformCase:
+    """Random arguments of one decoder deformable convolution (64 -> 256 channels, k x k,
+    padding k // 2, a size x size map), on ``device`` in ``dtype``."""
+
+    def __init__(self, batch: int, size: int, k: int, dtype: torch.dtype, device: torch.device,
+                 gen: torch.Generator, in_channels: int = 64, out_channels: int = 256) -> None:
+        x = torch.randn(batch, in_channels, size, size, generator=gen)
+        offset = torch.randn(batch, 2 * k * k, size, size, generator=gen) * 2
+        mask = 2 * torch.rand(batch, k * k, size, size, generator=gen)
+        weight = torch.randn(out_channels, in_channels, k, k, generator=gen) / (8 * k)
+        self.x, self.offset, self.mask, self.weight = (t.to(device=device, dtype=dtype)
+                                                       for t in (x, offset, mask, weight))
+        self.k, self.size, self.dtype, self.device = k, size, dtype, device
+        self.spec = check_arguments(self.x, self.offset, self.weight, None, 1, k // 2, 1, self.mask)
+
+    def run(self, backend: str) -> torch.Tensor:
+        with torch.no_grad():
+            return deform_conv2d(self.x, self.offset, self.weight, None, padding=self.k // 2, mask=self.mask,
+                                 backend=backend)
+
+
+def backend_runs(name: str, case: DeformCase) -> bool:
+    """Whether backend ``name`` itself (not a fall-back) computes ``case``."""
+    backend = BACKENDS[name]
+    return backend.supports(case.device, case.dtype, case.spec) and backend.usable(case.device, case.dtype)
+
+
 def bench_deform(args: argparse.Namespace) -> None:
     """The decoder's deformable convolutions at a 1024^2 input: 64 -> 256 channels, k = 1, 3, 7,
     on 256^2, 128^2, 64^2 and 32^2 maps (one per decoder stage)."""
@@ -127,23 +167,12 @@ def bench_deform(args: argparse.Namespace) -> None:
     for size in args.sizes:
         for k in args.kernels:
             for dtype in dtypes:
-                x = torch.randn(args.batch, 64, size, size, generator=gen)
-                offset = torch.randn(args.batch, 2 * k * k, size, size, generator=gen) * 2
-                mask = 2 * torch.rand(args.batch, k * k, size, size, generator=gen)
-                weight = torch.randn(256, 64, k, k, generator=gen) / (8 * k)
-                x, offset, mask, weight = (t.to(device=device, dtype=dtype) for t in (x, offset, mask, weight))
-                spec = check_arguments(x, offset, weight, None, 1, k // 2, 1, mask)
+                case = DeformCase(args.batch, size, k, dtype, device, gen)
                 for name in backends:
-                    backend = BACKENDS[name]
-                    if not (backend.supports(device, dtype, spec) and backend.usable(device, dtype)):
+                    if not backend_runs(name, case):
                         print(f"{name:<12} {args_dtype(dtype):<9} {k:>2} {size:>5} {'n/a':>10} {'':>9}")
                         continue
-
-                    def run() -> torch.Tensor:
-                        with torch.no_grad():
-                            return deform_conv2d(x, offset, weight, None, padding=k // 2, mask=mask, backend=name)
-
-                    seconds, peak = measure(run, device, args.repeats)
+                    seconds, peak = measure(lambda: case.run(name), device, args.repeats)
                     peak_text = f"{peak / MiB:9.0f}" if peak is not None else f"{'?':>9}"
                     print(f"{name:<12} {args_dtype(dtype):<9} {k:>2} {size:>5} {seconds * 1e3:10.1f} {peak_text}",
                           flush=True)
@@ -394,8 +423,375 @@ def bench_video(args: argparse.Namespace) -> None:
             del model, predictor
 
 
+# ------------------------------------------------------------------------------ bench gpu
+
+GPU_PARTS = ("model", "deform", "video", "train")
+GPU_REFUSAL = "bench gpu needs a CUDA device; use --device cpu --quick for a smoke run"
+# the issue's goals, for an H100/H200 (checked only in full runs on CUDA)
+GOAL_SWIN_L_BATCH_1_MS = 25.0
+GOAL_SWIN_L_BATCH_8_MS = 15.0
+GOAL_VIDEO_FPS = 30.0
+
+
+@dataclass
+class GpuSettings:
+    """Sizes of one ``bench gpu`` run: the full one for a GPU, or ``--quick`` (a smoke run)."""
+
+    device: torch.device
+    quick: bool
+    repeats: int
+    warmups: int  # calls before ``measure``'s own warm-up (GPU clocks, autotuning, lazy loading)
+    model_backbones: Tuple[str, ...]
+    model_size: int
+    model_dtypes: Tuple[torch.dtype, ...]
+    model_batches: Tuple[int, ...]
+    deform_sizes: Tuple[int, ...]
+    deform_kernels: Tuple[int, ...]
+    deform_dtypes: Tuple[torch.dtype, ...]
+    video_backbone: str
+    video_frame: Tuple[int, int]  # (H, W)
+    video_resolution: int
+    video_count: int
+    video_batch: int
+    video_dtype: torch.dtype
+    video_repeats: int
+    train_backbones: Tuple[str, ...]
+    train_size: int
+    train_batch: int
+    train_steps: int
+
+    @classmethod
+    def for_args(cls, args: argparse.Namespace) -> "GpuSettings":
+        device = torch.device(args.device)
+        half = (torch.bfloat16, torch.float16)
+        if args.quick:
+            # float16 on a CPU is emulated (seconds per 128^2 image): the CPU smoke run uses bfloat16,
+            # and float32 for the deformable convolution (the dtype every backend has there)
+            on_cuda = device.type == "cuda"
+            settings = cls(device, True, repeats=2, warmups=0,
+                           model_backbones=("swin_v1_t",), model_size=128,
+                           model_dtypes=half if on_cuda else (torch.bfloat16,), model_batches=(1, 2),
+                           deform_sizes=(16,), deform_kernels=(1, 3, 7),
+                           deform_dtypes=half if on_cuda else (torch.float32, torch.bfloat16),
+                           video_backbone="swin_v1_t", video_frame=(128, 160), video_resolution=128, video_count=4,
+                           video_batch=2, video_dtype=torch.bfloat16, video_repeats=1,
+                           train_backbones=("pvt_v2_b0", "swin_v1_t"), train_size=128, train_batch=2, train_steps=1)
+        else:
+            settings = cls(device, False, repeats=10, warmups=2,
+                           model_backbones=("swin_v1_l", "swin_v1_t"), model_size=1024, model_dtypes=half,
+                           model_batches=(1, 8),
+                           deform_sizes=tuple(DECODER_BLOCKS_AT_1024), deform_kernels=tuple(DECODER_CALLS_PER_BLOCK),
+                           deform_dtypes=half,
+                           video_backbone="swin_v1_t", video_frame=(1080, 1920), video_resolution=1024,
+                           video_count=48, video_batch=8, video_dtype=torch.bfloat16, video_repeats=2,
+                           train_backbones=("pvt_v2_b0", "swin_v1_t"), train_size=1024, train_batch=4, train_steps=5)
+        if args.repeats:
+            settings.repeats = settings.video_repeats = settings.train_steps = args.repeats
+        return settings
+
+
+def _free_device_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _peak_mib(device: torch.device, measured: Optional[int]) -> Optional[float]:
+    """CUDA: the allocator's peak of the last measured run (weights and inputs included, as
+    ``measure`` resets the statistics before it); elsewhere the growth ``measure`` saw."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / MiB
+    return None if measured is None else measured / MiB
+
+
+class GpuTable:
+    """The one table of ``bench gpu``: each row printed when it is done and the JSON file
+    rewritten (atomically), so a run stopped half-way keeps the rows it finished."""
+
+    COLUMNS = f"{'part':<7} {'case':<52} {'dtype':<9} {'batch':>5} {'result':>18} {'peak MiB':>9}  goal"
+
+    def __init__(self, json_path: Optional[Path], header: dict) -> None:
+        self.json_path, self.header, self.rows = json_path, header, []
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.header["device"])
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        print(self.format(row), flush=True)
+        self.write()
+
+    @contextlib.contextmanager
+    def row(self, part: str, case: str, *, dtype: Optional[torch.dtype] = None, batch: Optional[int] = None,
+            unit: str = "", goal: Optional[Tuple[str, float]] = None) -> Iterator[dict]:
+        """Yields the row to fill in (``value``, ``peak_mib``, ``note``); whatever the block raises
+        (out of memory included) becomes the row's error and the table goes on."""
+        row = {"part": part, "case": case, "dtype": args_dtype(dtype) if dtype is not None else None,
+               "batch": batch, "value": None, "unit": unit, "peak_mib": None, "goal": None, "goal_met": None,
+               "note": None, "error": None}
+        out_of_memory = False
+        try:
+            yield row
+        except OUT_OF_MEMORY as exc:
+            row["error"] = f"out of memory: {one_line(exc)}"
+            out_of_memory = True
+        except Exception as exc:  # noqa: BLE001 - one failing row must not stop the table
+            row["error"] = f"{type(exc).__name__}: {one_line(exc)}"
+        if out_of_memory:  # outside the except block: its traceback no longer holds the tensors
+            _free_device_memory(self.device)
+        if goal is not None and row["value"] is not None and row["error"] is None:
+            sense, target = goal
+            row["goal"] = f"{sense} {target:g} {unit}"
+            row["goal_met"] = row["value"] <= target if sense == "<=" else row["value"] >= target
+        self.add(row)
+
+    def part_failed(self, part: str, exc: BaseException) -> None:
+        self.add({"part": part, "case": "(the whole part)", "dtype": None, "batch": None, "value": None, "unit": "",
+                  "peak_mib": None, "goal": None, "goal_met": None, "note": None,
+                  "error": f"{type(exc).__name__}: {one_line(exc)}"})
+
+    @staticmethod
+    def format(row: dict) -> str:
+        if row["error"] is not None:
+            result = f"error: {row['error']}"
+        elif row["value"] is None:
+            result = f"n/a: {row['note']}" if row["note"] else "n/a"
+        else:
+            value = row["value"]
+            result = f"{value:.0f} {row['unit']}" if value >= 100 else f"{value:.3g} {row['unit']}"
+        peak = f"{row['peak_mib']:9.0f}" if row["peak_mib"] is not None else f"{'':>9}"
+        line = (f"{row['part']:<7} {row['case']:<52} {row['dtype'] or '':<9} "
+                f"{'' if row['batch'] is None else row['batch']:>5} ")
+        if row["error"] is not None or row["value"] is None:
+            return line + result
+        goal = ""
+        if row["goal"] is not None:
+            goal = f"  {row['goal'].replace('<=', '≤').replace('>=', '≥')}: {'met' if row['goal_met'] else 'MISSED'}"
+        note = f"  ({row['note']})" if row["note"] else ""
+        return f"{line}{result:>18} {peak}{goal}{note}"
+
+    def write(self) -> None:
+        if self.json_path is None:
+            return
+        with atomic_output(self.json_path) as partial:
+            partial.write_text(json.dumps({**self.header, "rows": self.rows}, indent=1) + "\n")
+
+    @property
+    def failures(self) -> int:
+        return sum(row["error"] is not None for row in self.rows)
+
+
+def _gpu_model(table: GpuTable, s: GpuSettings) -> None:
+    """The whole network on random input, randomly initialised (speed does not depend on the
+    values): median latency per image, peak memory."""
+    from .models import build_model
+
+    for backbone in s.model_backbones:
+        for dtype in s.model_dtypes:
+            model = None
+            for batch in s.model_batches:
+                goal = None
+                if backbone == "swin_v1_l" and dtype == torch.bfloat16 and s.model_size == 1024:
+                    goal = ("<=", GOAL_SWIN_L_BATCH_1_MS if batch == 1 else GOAL_SWIN_L_BATCH_8_MS)
+                with table.row("model", f"{backbone} {s.model_size}x{s.model_size}", dtype=dtype, batch=batch,
+                               unit="ms/image", goal=goal) as row:
+                    if model is None:
+                        model = build_model(backbone).eval().to(device=s.device, dtype=dtype)
+                    x = torch.randn(batch, 3, s.model_size, s.model_size, device=s.device, dtype=dtype)
+
+                    def run() -> torch.Tensor:
+                        with torch.inference_mode():
+                            return model(x)
+
+                    for _ in range(s.warmups):
+                        run()
+                    seconds, peak = measure(run, s.device, s.repeats)
+                    row["value"] = seconds * 1e3 / batch
+                    row["peak_mib"] = _peak_mib(s.device, peak)
+            model = x = None  # freed before the next model is built
+            _free_device_memory(s.device)
+
+
+def _gpu_deform(table: GpuTable, s: GpuSettings) -> None:
+    """Every deformable-convolution backend on the decoder's shapes (batch 1), and per backend
+    and dtype the decoder's total at a 1024^2 input (its 20 calls)."""
+    gen = torch.Generator().manual_seed(0)
+    totals: dict = {}
+    for dtype in s.deform_dtypes:
+        for size in s.deform_sizes:
+            for k in s.deform_kernels:
+                case = DeformCase(1, size, k, dtype, s.device, gen)
+                for name in BACKEND_NAMES:
+                    with table.row("deform", f"{name} k={k} map {size}x{size} 64->256", dtype=dtype, batch=1,
+                                   unit="ms") as row:
+                        if not backend_runs(name, case):
+                            row["note"] = f"not available on {s.device.type} {args_dtype(dtype)}"
+                            continue
+                        if name == "triton" and s.device.type != "cuda":
+                            row["note"] = "Triton's interpreter (TRITON_INTERPRET=1): not timed"
+                            continue
+                        for _ in range(s.warmups):
+                            case.run(name)
+                        seconds, peak = measure(lambda: case.run(name), s.device, s.repeats)
+                        row["value"] = seconds * 1e3
+                        row["peak_mib"] = _peak_mib(s.device, peak)
+                        calls = DECODER_BLOCKS_AT_1024.get(size, 0) * DECODER_CALLS_PER_BLOCK.get(k, 0)
+                        totals.setdefault((name, dtype), []).append(calls * row["value"])
+        for name in BACKEND_NAMES:
+            measured = totals.get((name, dtype), [])
+            if len(measured) == len(DECODER_BLOCKS_AT_1024) * len(DECODER_CALLS_PER_BLOCK):
+                with table.row("deform", f"{name}: decoder total at 1024x1024 (20 calls)", dtype=dtype, batch=1,
+                               unit="ms") as row:
+                    row["value"] = sum(measured)
+
+
+def _gpu_video(table: GpuTable, s: GpuSettings) -> None:
+    """``matte_frames`` + ``Predictor`` on a clip of random frames, float32 [N, H, W, 3] on the
+    CPU as ComfyUI passes them (outputs written back there), with and without smoothing and
+    foreground estimation; on CUDA also with frames and outputs on the GPU."""
+    from .inference import Predictor
+    from .matting import MatteOptions
+    from .models import build_model
+    from .video import TemporalSmoother, VideoOutputs, matte_frames
+
+    h, w = s.video_frame
+    model = build_model(s.video_backbone).to(s.device)
+    predictor = Predictor(model, resolution=s.video_resolution, batch_size=s.video_batch, dtype=s.video_dtype)
+    clip = torch.rand(s.video_count, h, w, 3, generator=torch.Generator().manual_seed(0))
+    full = not s.quick and (h, w) == (1080, 1920) and s.video_backbone == "swin_v1_t"
+    goal = (">=", GOAL_VIDEO_FPS) if full else None
+    # blur-fusion is the pack's own box filter: it needs no kornia (only the guided filter does)
+    cases = [("no smoothing", None, None, False),
+             ("smoothing light", "light", None, False),
+             ("light + fg blur_fusion", "light", MatteOptions(foreground="blur_fusion"), False)]
+    if s.device.type == "cuda":
+        cases.append(("light, frames on the GPU", "light", None, True))
+    for label, smoothing, matte, on_device in cases:
+        with table.row("video", f"{s.video_backbone} {w}x{h} net {s.video_resolution}, {label}", dtype=s.video_dtype,
+                       batch=s.video_batch, unit="frames/s", goal=goal) as row:
+            frames = clip.to(s.device) if on_device else clip
+
+            def run() -> object:
+                outputs = VideoOutputs.allocate(s.video_count, h, w, device=s.device) if on_device else None
+                return matte_frames(predictor, frames, outputs=outputs, matte=matte,
+                                    smoother=TemporalSmoother(smoothing) if smoothing else None)
+
+            seconds, peak = measure(run, s.device, s.video_repeats)
+            row["value"] = s.video_count / seconds
+            row["peak_mib"] = _peak_mib(s.device, peak)
+            frames = None
+    model = predictor = None
+    _free_device_memory(s.device)
+
+
+def _write_tiny_dataset(root: Path, count: int) -> None:
+    """``count`` 64x64 image/mask pairs: the trainer needs a dataset to start; the timed steps
+    run on random tensors of the benchmark's size."""
+    from PIL import Image
+
+    (root / "im").mkdir(parents=True)
+    (root / "gt").mkdir()
+    gen = torch.Generator().manual_seed(0)
+    for i in range(count):
+        image = (torch.rand(64, 64, 3, generator=gen) * 255).to(torch.uint8).numpy()
+        mask = ((torch.rand(64, 64, generator=gen) > 0.5) * 255).to(torch.uint8).numpy()
+        Image.fromarray(image).save(root / "im" / f"{i}.png")
+        Image.fromarray(mask).save(root / "gt" / f"{i}.png")
+
+
+def _gpu_train(table: GpuTable, s: GpuSettings) -> None:
+    """The real training step (``Trainer._train_step``: forward under bfloat16 autocast, the DIS
+    recipe's losses, backward, AdamW) on random batches already on the device: images/s."""
+    import tempfile
+
+    from .train import distributed
+    from .train.trainer import TrainConfig, Trainer
+
+    gen = torch.Generator().manual_seed(0)
+    size, batch = s.train_size, s.train_batch
+    for backbone in s.train_backbones:
+        with table.row("train", f"{backbone} {size}x{size}, bf16 autocast, AdamW", dtype=torch.bfloat16, batch=batch,
+                       unit="images/s") as row, tempfile.TemporaryDirectory() as tmp:
+            _write_tiny_dataset(Path(tmp) / "data", batch)
+            cfg = TrainConfig(data=[str(Path(tmp) / "data")], out=str(Path(tmp) / "run"), backbone=backbone,
+                              size=(size, size), batch_size=batch, precision="bf16", workers=0, progress=False,
+                              tensorboard=False, augment=("none",))
+            trainer = Trainer(cfg, distributed.Context(device=s.device))
+            x = torch.rand(batch, 3, size, size, generator=gen).to(s.device)
+            y = (torch.rand(batch, 1, size, size, generator=gen) > 0.5).float().to(s.device)
+
+            def step() -> None:
+                trainer._train_step(x, y, trainer.base_weights)
+
+            for _ in range(1 + s.warmups):
+                step()
+            _synchronize(s.device)
+            with peak_memory(s.device) as peak:
+                start = time.perf_counter()
+                for _ in range(s.train_steps):
+                    step()
+                _synchronize(s.device)
+                seconds = time.perf_counter() - start
+            row["value"] = batch * s.train_steps / seconds
+            row["peak_mib"] = _peak_mib(s.device, peak[0])
+            trainer = x = y = None  # freed before the next backbone's trainer is built
+        _free_device_memory(s.device)
+
+
+GPU_PART_FUNCTIONS = {"model": _gpu_model, "deform": _gpu_deform, "video": _gpu_video, "train": _gpu_train}
+
+
+def bench_gpu(args: argparse.Namespace) -> int:
+    """Everything a GPU session measures, in one table: the network (Swin-L, Swin-T) at 1024^2
+    in bfloat16 and float16, every deformable-convolution backend on the decoder's shapes, 1080p
+    video throughput, training throughput. Each row is independent: one that fails (out of
+    memory included) says so in its place and the others still run."""
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(GPU_REFUSAL)
+    if device.type != "cuda" and not args.quick:
+        raise RuntimeError(GPU_REFUSAL)
+    json_path = Path(args.json).resolve() if args.json else None
+    if json_path is not None and not json_path.parent.is_dir():
+        raise FileNotFoundError(f"folder {json_path.parent} for --json not found")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    s = GpuSettings.for_args(args)
+    parts = [p for p in GPU_PARTS if p in (args.parts or GPU_PARTS)]
+    header = {"benchmark": "gpu", "device": str(device), "machine": machine_description(device),
+              "torch": torch.__version__, "quick": s.quick, "parts": parts, "repeats": s.repeats}
+    table = GpuTable(json_path, header)
+    print(f"bench gpu on {device}: {machine_description(device)}{' (--quick: smoke-run sizes)' if s.quick else ''}")
+    print(f"result: median of {s.repeats} timed run(s) after {1 + s.warmups} warm-up run(s) (video: "
+          f"{s.video_repeats} run(s) of {s.video_count} frames; train: {s.train_steps} step(s) after "
+          f"{1 + s.warmups}); random weights and data. "
+          "peak MiB: CUDA max_memory_allocated during one more run (weights and inputs included); CPU: growth of "
+          "resident memory")
+    if not s.quick:
+        print(f"goals (H100/H200): Swin-L 1024x1024 bfloat16 <= {GOAL_SWIN_L_BATCH_1_MS:g} ms at batch 1 and "
+              f"<= {GOAL_SWIN_L_BATCH_8_MS:g} ms per image at batch 8; 1080p video >= {GOAL_VIDEO_FPS:g} frames/s "
+              "with Swin-T")
+    print(GpuTable.COLUMNS)
+    for part in parts:
+        try:
+            GPU_PART_FUNCTIONS[part](table, s)
+        except OUT_OF_MEMORY as exc:
+            table.part_failed(part, exc)
+            _free_device_memory(device)
+        except Exception as exc:  # noqa: BLE001 - one failing part must not stop the others
+            table.part_failed(part, exc)
+        _free_device_memory(device)
+    table.write()
+    if json_path is not None:
+        print(f"{len(table.rows)} rows written to {json_path}")
+    if table.failures:
+        raise RuntimeError(f"{table.failures} of {len(table.rows)} rows failed (see the table)")
+    return 0
+
+
 BENCHMARKS = {"deform": bench_deform, "model": bench_model, "matting": bench_matting,
-              "video": bench_video}
+              "video": bench_video, "gpu": bench_gpu}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -446,6 +842,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     video.add_argument("--repeats", type=int, default=1, help="timed runs (the median is printed; default 1)")
     video.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
 
+    gpu = benchmarks.add_parser("gpu", help="everything a GPU session measures, in one table: the network, the "
+                                            "deformable convolution, video and training (--quick: a smoke run on CPU)")
+    gpu.add_argument("--parts", nargs="+", choices=GPU_PARTS, help=f"parts to run (default all: {' '.join(GPU_PARTS)})")
+    gpu.add_argument("--quick", action="store_true",
+                     help="tiny sizes (128 px, Swin-T only, 2 repeats): a smoke run, also on CPU")
+    gpu.add_argument("--device", default=default_device, help=f"torch device (default {default_device})")
+    gpu.add_argument("--repeats", type=int, default=0,
+                     help="timed runs per row, video runs, training steps (default 10, 2 and 5; --quick 2, 1, 1)")
+    gpu.add_argument("--json", default="bench_gpu.json",
+                     help="the table as JSON, rewritten after every row (default bench_gpu.json; '' for none)")
+    gpu.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+
     for sub, repeats in ((deform, 5), (model, 3), (matting, 5)):
         sub.add_argument("--device", default=default_device, help=f"torch device (default {default_device})")
         sub.add_argument("--batch", type=int, default=1, help="batch size")
@@ -454,5 +862,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    BENCHMARKS[args.benchmark](args)
-    return 0
+    status = BENCHMARKS[args.benchmark](args)
+    return status if isinstance(status, int) else 0

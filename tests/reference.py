@@ -1,10 +1,20 @@
-"""The conformance data beside the checkout (``../shared/reference``): the official state-dict
-layouts, logits of the official code, and the weight filler they were computed with."""
+"""The conformance data: the official state-dict layouts, logits of the official code, and the
+weight filler they were computed with.
+
+Looked for in ``<repo>/shared/reference`` first (a copy carried along where only the checkout
+travels, e.g. to a GPU machine), then in ``../shared/reference`` beside the checkout.
+"""
 
 import importlib.util
 from pathlib import Path
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE_CANDIDATES = (REPO / "shared" / "reference", REPO.parent / "shared" / "reference")
+REFERENCE = next((p for p in REFERENCE_CANDIDATES if (p / "make_weights.py").is_file()), REFERENCE_CANDIDATES[-1])
+HAVE_REFERENCE = (REFERENCE / "make_weights.py").is_file()
+MISSING_REFERENCE = ("conformance data not found: neither "
+                     + " nor ".join(str(p) for p in REFERENCE_CANDIDATES)
+                     + " holds make_weights.py (copy ../shared/reference into <repo>/shared/reference)")
 
 
 def load_make_weights():
