@@ -14,7 +14,6 @@ import ctypes
 import gc
 import json
 import os
-import platform
 import statistics
 import threading
 import time
@@ -26,7 +25,7 @@ import torch
 
 from .cli import one_line
 from .files import atomic_output
-from .inference import OUT_OF_MEMORY
+from .inference import OUT_OF_MEMORY, cpu_model_name
 from .ops import BACKEND_NAMES, deform_conv2d
 from .ops.deform_conv import BACKENDS
 from .ops.spec import check_arguments
@@ -39,14 +38,7 @@ def machine_description(device: torch.device) -> str:
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         return f"{props.name} ({props.total_memory / 2**30:.0f} GiB), torch {torch.__version__}"
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    return f"{cpu}, {torch.get_num_threads()} threads ({os.cpu_count()} cores), torch {torch.__version__}"
+    return f"{cpu_model_name()}, {torch.get_num_threads()} threads ({os.cpu_count()} cores), torch {torch.__version__}"
 
 
 def _synchronize(device: torch.device) -> None:

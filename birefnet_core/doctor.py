@@ -110,23 +110,11 @@ class CpuInfo:
     cores: Optional[int]  # logical cores
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                name, _, value = line.partition(":")
-                if name.strip().lower() == "model name" and value.strip():
-                    return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
 def collect_cpu() -> CpuInfo:
-    from .inference import cpu_has_native_bfloat16, cpu_has_native_float16
+    from .inference import cpu_has_native_bfloat16, cpu_has_native_float16, cpu_model_name
 
     capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "unknown")()
-    return CpuInfo(_cpu_model(), platform.machine(), capability, cpu_has_native_bfloat16(),
+    return CpuInfo(cpu_model_name(), platform.machine(), capability, cpu_has_native_bfloat16(),
                    cpu_has_native_float16(), torch.get_num_threads(), os.cpu_count())
 
 
@@ -190,10 +178,10 @@ def _cuda_device(index: int) -> DeviceInfo:
 
 def collect_devices() -> DevicesInfo:
     """The CPU, every CUDA (or ROCm) GPU, MPS and XPU devices when present."""
-    from .inference import cpu_has_native_bfloat16
+    from .inference import cpu_has_native_bfloat16, cpu_model_name
 
     total, available = _meminfo()
-    devices = [DeviceInfo("cpu", _cpu_model(), total_memory=total, free_memory=available,
+    devices = [DeviceInfo("cpu", cpu_model_name(), total_memory=total, free_memory=available,
                           bfloat16="native" if cpu_has_native_bfloat16() else "emulated")]
     notes: List[str] = []
     with warnings.catch_warnings(record=True) as caught:

@@ -18,7 +18,7 @@ import secrets
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Sequence, Tuple, Union
+from typing import Dict, Iterable, Iterator, Sequence, Tuple, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 PARTIAL = ".partial-"  # in every temporary name, so leftovers of a killed process are recognisable
@@ -74,36 +74,37 @@ def same_file(a: PathLike, b: PathLike) -> bool:
         return False
 
 
-def check_outputs(outputs: Iterable[Path], inputs: Sequence[Path], *, overwrite: bool,
-                  option: str = "--overwrite") -> List[Path]:
-    """Refuse outputs that are inputs (always) or exist already (unless ``overwrite``), before any
-    work; return the outputs that exist (to be replaced). Raises :class:`OutputError` naming the
-    first files concerned."""
+def refuse_inputs(outputs: Iterable[Path], inputs: Iterable[Path]) -> None:
+    """Raise :class:`OutputError` when an output is one of the inputs (by any path or link)."""
     keys: Dict[Tuple[int, int], Path] = {}
     for item in inputs:
         try:
             keys[file_key(item)] = item
         except OSError:
             pass
-    existing = []
     for out in outputs:
-        if not os.path.lexists(out):
-            continue
         try:
             key = file_key(out)
         except OSError:
-            key = None
+            continue
         if key in keys:
             raise OutputError(f"output {out} is the input {keys[key]}: refusing to overwrite an input; choose another "
                               "output name or folder")
-        if out.is_dir():
-            raise OutputError(f"output {out} exists and is a folder: remove it or choose another output name")
-        existing.append(out)
+
+
+def check_outputs(outputs: Sequence[Path], inputs: Sequence[Path], *, overwrite: bool,
+                  option: str = "--overwrite") -> None:
+    """Refuse outputs that are inputs (always), folders, or files that exist already (unless
+    ``overwrite``), before any work. Raises :class:`OutputError` naming the first files concerned."""
+    refuse_inputs(outputs, inputs)
+    existing = [out for out in outputs if os.path.lexists(out)]
+    folder = next((out for out in existing if out.is_dir()), None)
+    if folder is not None:
+        raise OutputError(f"output {folder} exists and is a folder: remove it or choose another output name")
     if existing and not overwrite:
         shown = ", ".join(str(p) for p in existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
         raise OutputError(f"{len(existing)} output file(s) exist already ({shown}): pass {option} to replace them, "
                           "or choose another output folder")
-    return existing
 
 
 def prepare_folder(path: PathLike, what: str = "output folder", hint: str = "choose another one") -> bool:

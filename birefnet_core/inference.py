@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import platform
 import re
 from dataclasses import dataclass
-from typing import Callable, FrozenSet, Optional, Tuple, Union
+from typing import Callable, Dict, FrozenSet, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -36,18 +37,33 @@ def auto_dtype(device: torch.device) -> torch.dtype:
 
 
 @functools.lru_cache(maxsize=1)
-def _cpu_flags() -> FrozenSet[str]:
-    """The instruction-set flags of the first CPU in /proc/cpuinfo ("flags" on x86, "Features"
-    on ARM); empty where there is no /proc/cpuinfo (macOS, Windows)."""
+def _cpuinfo() -> Dict[str, str]:
+    """The fields of the first processor in /proc/cpuinfo (names in lower case); {} where there is
+    no /proc/cpuinfo (macOS, Windows)."""
+    fields: Dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
+                if not line.strip():
+                    if fields:  # the end of the first processor's block
+                        break
+                    continue
                 name, _, value = line.partition(":")
-                if name.strip().lower() in ("flags", "features"):
-                    return frozenset(value.split())
+                fields.setdefault(name.strip().lower(), value.strip())
     except OSError:
         pass
-    return frozenset()
+    return fields
+
+
+def _cpu_flags() -> FrozenSet[str]:
+    """The CPU's instruction-set flags ("flags" on x86, "Features" on ARM)."""
+    info = _cpuinfo()
+    return frozenset((info.get("flags") or info.get("features") or "").split())
+
+
+def cpu_model_name() -> str:
+    """The CPU's name as /proc/cpuinfo gives it, else what the platform module knows."""
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine() or "unknown"
 
 
 def cpu_has_native_bfloat16() -> bool:
@@ -216,15 +232,16 @@ def to_unit_float(values: torch.Tensor) -> torch.Tensor:
     if not values.is_floating_point():
         if values.dtype == torch.bool or values.is_complex():
             raise ValueError(f"image or mask values must be float in 0..1 or 8-bit integer levels, got {values.dtype}")
-        if values.numel() and (int(values.min()) < 0 or int(values.max()) > 255):
-            raise ValueError(f"integer image or mask values must be 8-bit levels 0..255, got {int(values.min())}.."
-                             f"{int(values.max())} ({values.dtype}); convert other ranges to float 0..1")
+        low, high = (int(v) for v in torch.aminmax(values)) if values.numel() else (0, 0)
+        if low < 0 or high > 255:
+            raise ValueError(f"integer image or mask values must be 8-bit levels 0..255, got {low}..{high} "
+                             f"({values.dtype}); convert other ranges to float 0..1")
         return values.float() / 255.0
     values = values.float()
-    if values.numel() and not (float(values.min()) >= 0.0 and float(values.max()) <= 1.0):
+    low, high = (float(v) for v in torch.aminmax(values)) if values.numel() else (0.0, 0.0)
+    if not (low >= 0.0 and high <= 1.0):
         if bool(torch.isfinite(values).all()):  # NaN and infinity are refused where they matter
-            warn_once("range", "image or mask values outside 0..1 (%.3g..%.3g) are clamped to 0..1",
-                      float(values.min()), float(values.max()))
+            warn_once("range", "image or mask values outside 0..1 (%.3g..%.3g) are clamped to 0..1", low, high)
         values = values.clamp(0.0, 1.0)
     return values
 

@@ -25,7 +25,7 @@ from typing import Any, Dict, Iterable, List, Sequence, Tuple
 import numpy as np
 
 from ..cli import one_line
-from ..files import OutputError, atomic_output, same_file
+from ..files import atomic_output, refuse_inputs
 from ..image_io import ImageReadError, read_mask, to_uint8
 from .data import IMAGE_SUFFIXES
 from .metrics import HIGHER_IS_BETTER, METRIC_NAMES, SegmentationMetrics
@@ -200,11 +200,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.csv:  # the report may replace an earlier one, never an image it reads
-        for folder in (args.pred, args.gt):
-            read = next((p for p in Path(folder).iterdir() if same_file(p, args.csv)), None) \
-                if Path(folder).is_dir() else None
-            if read is not None:
-                raise OutputError(f"--csv {args.csv} is the input {read}: refusing to overwrite an input")
+        refuse_inputs([Path(args.csv)], [p for folder in map(Path, (args.pred, args.gt)) if folder.is_dir()
+                                         for p in folder.iterdir()])
     try:
         report = evaluate_folders(args.pred, args.gt, metrics=args.metrics, progress=True)
     except ImportError as exc:

@@ -291,7 +291,7 @@ class Trainer:
             if cfg.backbone_weights:
                 count = load_backbone_weights(model, cfg.backbone_weights)
                 logger.info("loaded %d backbone tensors from %s", count, cfg.backbone_weights)
-        smallest = min(cfg.dynamic_size[0] if cfg.dynamic_size else min(cfg.size), min(cfg.size))
+        smallest = min(*cfg.size, *(cfg.dynamic_size or ()))
         if smallest < model.config.spec.min_side:
             raise TrainingError(f"a {model.config.backbone} BiRefNet runs at sides of at least "
                                 f"{model.config.spec.min_side} px; --size / --dynamic-size go down to {smallest}")
