@@ -2,8 +2,9 @@
 
 Commands: ``predict`` (masks and cut-outs for image files), ``video`` (alpha video for a video
 file), ``eval`` (metrics of predicted masks against ground truth, equal to PySODMetrics),
-``bench`` (benchmarks that print figures) and ``doctor`` (what this machine runs, for bug
-reports). They are built on the same core API as the ComfyUI nodes.
+``bench`` (benchmarks that print figures), ``doctor`` (what this machine runs, for bug
+reports) and ``convert`` (a checkpoint's inference weights as a slim .safetensors). They are
+built on the same core API as the ComfyUI nodes.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Optional, Sequence
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import bench, doctor, predict, video_cli
+    from . import bench, convert, doctor, predict, video_cli
     from .train import evaluate
 
     parser = argparse.ArgumentParser(prog="python -m birefnet_core",
@@ -29,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_arguments(commands.add_parser("bench", help="print speed and memory figures"))
     doctor.add_arguments(commands.add_parser("doctor", help="versions, devices, kernels, dtypes and models of this "
                                                             "machine, for a bug report"))
+    convert.add_arguments(commands.add_parser("convert", help="write a checkpoint's inference weights (e.g. of a "
+                                                              "5 GB FOCUS .pth) as a slim .safetensors"))
     return parser
 
 
@@ -50,6 +53,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from .train import evaluate as command
     elif args.command == "doctor":
         from . import doctor as command
+    elif args.command == "convert":
+        from . import convert as command
     else:
         from . import bench as command
     return run_command(lambda: command.run(args))

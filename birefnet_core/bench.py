@@ -176,29 +176,46 @@ def args_dtype(dtype: torch.dtype) -> str:
 
 def bench_model(args: argparse.Namespace) -> None:
     """The whole network (randomly initialised: speed does not depend on the values) on a
-    batch at one resolution, in one dtype, under ``torch.inference_mode``."""
+    batch at one resolution, in one dtype, under ``torch.inference_mode``. BiRefNet runs at the
+    size given; FOCUS at that size padded to multiples of 32 (default 704x512: a 4:3 photo at
+    its test-time short side 512). Wall and CPU time per run are both printed (median)."""
     from .inference import Resolution, parse_dtype
     from .models import build_model
+    from .models.families import family_of_architecture
 
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = parse_dtype(args.dtype, device)
-    height, width = Resolution.parse(args.size).size_for(1, 1)
-    model = build_model(args.backbone).to(device=device, dtype=dtype)
-    x = torch.randn(args.batch, 3, height, width, generator=torch.Generator().manual_seed(0))
-    x = x.to(device=device, dtype=dtype)
-    print(f"BiRefNet {args.backbone} on {device}: {machine_description(device)}")
+    family = family_of_architecture(args.backbone)
+    if family is None:
+        from .models.families import architecture_names
 
-    def run() -> torch.Tensor:
+        raise ValueError(f"unknown model {args.backbone!r}; choose one of {', '.join(architecture_names())}")
+    size = args.size or ("704x512" if family.name == "focus" else "1024")
+    height, width = Resolution.parse(size).size_for(1, 1)
+    model = build_model(args.backbone).to(device=device, dtype=dtype)
+    x = torch.randn(args.batch, 3, height, width, generator=torch.Generator().manual_seed(0)).to(device=device)
+    # BiRefNet takes its input in its dtype; FOCUS takes float32 (its edge input is computed from it)
+    x = x.to(dtype) if family.name == "birefnet" else x
+    print(f"{family.title} {args.backbone} on {device}: {machine_description(device)}; "
+          f"{torch.get_num_threads()} CPU threads")
+
+    cpu_times: List[float] = []
+
+    def run() -> object:
+        start = time.process_time()
         with torch.inference_mode():
-            return model(x)
+            out = model(x)
+        cpu_times.append(time.process_time() - start)
+        return out
 
     seconds, peak = measure(run, device, args.repeats)
+    cpu = statistics.median(cpu_times[1:1 + args.repeats])  # the timed runs (not the warm-up or memory run)
     peak_text = f"{peak / MiB:.0f} MiB" if peak is not None else "not measured"
     print(f"{args.backbone} {width}x{height} batch {args.batch} {args_dtype(dtype)}: median {seconds * 1e3:.1f} ms "
-          f"({seconds * 1e3 / args.batch:.1f} ms per image) over {args.repeats} runs; peak {peak_text} above the "
-          "weights and input")
+          f"({seconds * 1e3 / args.batch:.1f} ms per image), CPU time {cpu:.1f} s, over {args.repeats} runs; "
+          f"peak {peak_text} above the weights and input")
 
 
 def _official_blur_fusion(image: torch.Tensor, alpha: torch.Tensor, radii=(90, 6)) -> torch.Tensor:
@@ -797,8 +814,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     deform.add_argument("--kernels", nargs="+", type=int, default=[1, 3, 7], help="kernel sizes")
 
     model = benchmarks.add_parser("model", help="the whole network at one resolution")
-    model.add_argument("--backbone", default="swin_v1_l", help="backbone (default swin_v1_l)")
-    model.add_argument("--size", default="1024", help="N (square) or WxH, multiples of 32 (default 1024)")
+    model.add_argument("--model", "--backbone", dest="backbone", default="swin_v1_l",
+                       help="architecture: a BiRefNet backbone (default swin_v1_l) or focus_dinov2_l / focus_dinov2_g")
+    model.add_argument("--size", default=None,
+                       help="N (square) or WxH, multiples of 32 (default 1024; FOCUS 704x512)")
     model.add_argument("--dtype", default="auto", help="auto, float32, float16 or bfloat16")
 
     matting = benchmarks.add_parser("matting", help="matte refinement: quality on a synthetic scene, speed, memory")

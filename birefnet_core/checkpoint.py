@@ -1,12 +1,17 @@
-"""Reading BiRefNet checkpoints safely and turning them into ready-to-run models.
+"""Reading BiRefNet and FOCUS checkpoints safely and turning them into ready-to-run models.
 
 * :func:`read_state_dict` reads ``.safetensors``, or ``.pth/.pt/.bin/.ckpt`` with
   ``torch.load(..., weights_only=True)`` only: a pickle that needs Python code is refused, and an
-  incomplete or damaged file is told apart from a foreign one before torch reads it.
+  incomplete or damaged file is told apart from a foreign one before torch reads it. Zip-format
+  torch files are memory-mapped (``mmap=True``): a tensor's bytes are read from disk only when
+  it is used, so the optimiser state of a 5-15 GB detectron2 checkpoint (FOCUS's releases) is
+  never read into memory.
 * :func:`normalise_state_dict` strips ``module.`` / ``_orig_mod.`` prefixes, and a wrapper's prefix
-  shared by every key (``model.``, Lightning's ``net.``...) in front of the BiRefNet keys.
+  shared by every key (``model.``, Lightning's ``net.``...) in front of the model's keys.
+* :func:`identify` tells the model family (:mod:`birefnet_core.models.families`) from the key
+  names, keeps the family's inference weights only and tells the architecture from tensor shapes
+  (never from file names); :func:`detect_backbone` does the latter for BiRefNet alone.
 * :func:`check_tensors` refuses NaN / infinite weights.
-* :func:`detect_backbone` tells the backbone from tensor shapes (never from file names).
 * :func:`load_state_dict_into` loads strictly, explaining any mismatch.
 * :func:`load_model` does all of it from a file, a registry name, a Hub repo id or a state dict.
 
@@ -26,7 +31,7 @@ import re
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 import torch
 
@@ -34,8 +39,8 @@ from . import hub
 from .config import BACKBONES, PatchOrder
 from .files import atomic_output
 from .inference import parse_dtype
-from .models import BiRefNet, build_model
 from .models.backbones import backbone_signature
+from .models.families import FAMILIES, FOCUS_PROBES, Family, family_of_model, family_of_state_dict, get_family
 from .registry import Variant, find_variant, get_variant
 
 logger = logging.getLogger(__name__)
@@ -46,6 +51,7 @@ WEIGHTS_SUFFIXES = (".safetensors",) + PICKLE_SUFFIXES
 _PREFIXES = ("module.", "_orig_mod.")
 _WRAPPERS = ("state_dict", "model")
 _PROBES = {backbone_signature(name)[0] for name in BACKBONES}  # one key every BiRefNet state dict has
+_WRAPPED_PROBES = _PROBES | FOCUS_PROBES  # a key that, once a wrapper's prefix is stripped, reveals a model
 
 StateDict = Dict[str, torch.Tensor]
 Source = Union[str, os.PathLike, Variant, Mapping[str, torch.Tensor]]
@@ -69,10 +75,15 @@ def default_device() -> torch.device:
 # --------------------------------------------------------------------------------------- reading
 
 def read_state_dict(path: Union[str, os.PathLike]) -> StateDict:
-    """The tensors in a weights file, unwrapped from ``{"state_dict": ...}`` / ``{"model": ...}``.
+    """The tensors in a weights file, unwrapped from ``{"state_dict": ...}`` / ``{"model": ...}``
+    (a detectron2 checkpoint's weights are its ``"model"`` entry; its ``"optimizer"`` and other
+    entries are dropped).
 
     Pickle-based files are read with ``weights_only=True``: one that needs Python code to load
-    raises ValueError and nothing in it runs.
+    raises ValueError and nothing in it runs. Zip-format ones (what ``torch.save`` writes) are
+    memory-mapped: the returned tensors read their bytes from the file when first used (copy-on-
+    write: writing to them never changes the file), and the tensors of the dropped entries are
+    never read at all.
     """
     path = Path(path)
     if not hub.is_weights_file(path):
@@ -94,10 +105,11 @@ def read_state_dict(path: Union[str, os.PathLike]) -> StateDict:
         problem = _zip_problem(path)
         if problem:
             raise ValueError(problem)
+        zipped = _is_zip(path)  # only the zip format can be memory-mapped (the legacy one is read whole)
         try:
             with warnings.catch_warnings():  # torch warns of any pickle protocol but 2; the error says enough
                 warnings.filterwarnings("ignore", message="Detected pickle protocol")
-                data = torch.load(path, map_location="cpu", weights_only=True)
+                data = torch.load(path, map_location="cpu", mmap=zipped, weights_only=True)
         except Exception as err:
             raise ValueError(_load_failure(path, err)) from None
     else:
@@ -106,14 +118,18 @@ def read_state_dict(path: Union[str, os.PathLike]) -> StateDict:
     return _unwrap(data, path)
 
 
+def _is_zip(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
+
+
 def _zip_problem(path: Path) -> Optional[str]:
     """Why the zip-format torch file ``path`` must not be read, told from its central directory
     alone (nothing is inflated): it lacks that directory (truncated), places data beyond its end,
     or declares far more data than it holds (torch stores tensors uncompressed: only a crafted
     file does). None when it looks sound, or is a legacy pickle (no zip)."""
-    with open(path, "rb") as f:
-        if f.read(4) != b"PK\x03\x04":
-            return None
+    if not _is_zip(path):
+        return None
     size = path.stat().st_size
     try:
         with zipfile.ZipFile(path) as archive:
@@ -162,19 +178,37 @@ def _unwrap(data: object, path: Path) -> StateDict:
     return dict(data)
 
 
+def _header_tensors(path: Union[str, os.PathLike]) -> StateDict:
+    """The tensors of a ``.safetensors`` file as meta tensors of their shapes (header only)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        shapes = {key: f.get_slice(key).get_shape() for key in f.keys()}
+    return {key: torch.empty(shape, device="meta") for key, shape in shapes.items()}
+
+
 def peek_backbone(path: Union[str, os.PathLike]) -> Optional[str]:
     """The backbone of a ``.safetensors`` BiRefNet checkpoint read from its header alone (no tensor
     data is loaded), or None when the file is not a BiRefNet checkpoint or not safetensors."""
     if not str(path).lower().endswith(".safetensors"):
         return None
-    from safetensors import safe_open
-
     try:
-        with safe_open(str(path), framework="pt") as f:
-            shapes = {key: f.get_slice(key).get_shape() for key in f.keys()}
-        return detect_backbone({key: torch.empty(shape, device="meta") for key, shape in shapes.items()})
+        return detect_backbone(_header_tensors(path))
     except Exception:
         return None
+
+
+def peek_architecture(path: Union[str, os.PathLike]) -> Optional[Tuple[Family, Any]]:
+    """The family and architecture (see :func:`identify`) of a ``.safetensors`` checkpoint of any
+    family, read from its header alone (no tensor data is loaded), or None when the file is not
+    a checkpoint of a known family, not sound, or not safetensors."""
+    if not str(path).lower().endswith(".safetensors"):
+        return None
+    try:
+        found = identify(_header_tensors(path))
+    except Exception:
+        return None
+    return found.family, found.architecture
 
 
 def read_metadata(path: Union[str, os.PathLike]) -> Dict[str, str]:
@@ -190,11 +224,35 @@ def read_metadata(path: Union[str, os.PathLike]) -> Dict[str, str]:
         return {}
 
 
+def weights_metadata(family: Family, architecture: Any,
+                     patch_order: Union[None, str, PatchOrder] = None) -> Dict[str, str]:
+    """The header metadata :func:`save_weights` and ``python -m birefnet_core convert`` record:
+    ``birefnet.family``, ``birefnet.architecture`` (a name, or "custom" with the configuration as
+    JSON in ``birefnet.config``), and for BiRefNet ``birefnet.backbone`` and, when known,
+    ``birefnet.patch_order``."""
+    meta = {"format": "pt", "birefnet.family": family.name}
+    if isinstance(architecture, str):
+        meta["birefnet.architecture"] = architecture
+    else:
+        import dataclasses
+        import json
+
+        meta["birefnet.architecture"] = "custom"
+        if dataclasses.is_dataclass(architecture):
+            meta["birefnet.config"] = json.dumps(dataclasses.asdict(architecture), sort_keys=True)
+    if family.name == "birefnet":
+        meta["birefnet.backbone"] = str(architecture)
+        if patch_order is not None:
+            meta["birefnet.patch_order"] = PatchOrder.parse(patch_order).value
+    return meta
+
+
 def save_weights(model: torch.nn.Module, path: Union[str, os.PathLike], *,
                  metadata: Optional[Mapping[str, str]] = None) -> Path:
-    """Write a BiRefNet's weights as ``.safetensors`` with the official key layout (wrappers such
-    as DDP's ``module.`` and torch.compile's ``_orig_mod.`` stripped), recording its backbone and
-    patch order in the header so that :func:`load_model` needs no guess. Written to a temporary
+    """Write a model's weights as ``.safetensors`` with the official key layout (wrappers such
+    as DDP's ``module.`` and torch.compile's ``_orig_mod.`` stripped), recording its family and
+    architecture (a BiRefNet's backbone and patch order) in the header so that
+    :func:`load_model` needs no guess (see :func:`weights_metadata`). Written to a temporary
     name first and renamed, so an interruption never leaves a half-written file."""
     from safetensors.torch import save_file
 
@@ -202,10 +260,8 @@ def save_weights(model: torch.nn.Module, path: Union[str, os.PathLike], *,
     inner = getattr(model, "module", model)
     inner = getattr(inner, "_orig_mod", inner)
     sd = {k: v.detach().to("cpu").contiguous() for k, v in normalise_state_dict(inner.state_dict()).items()}
-    meta = {"format": "pt", "birefnet.backbone": detect_backbone(sd)}
-    order = getattr(inner, "patch_order", None)
-    if order is not None:
-        meta["birefnet.patch_order"] = PatchOrder.parse(order).value
+    found = identify(sd)
+    meta = weights_metadata(found.family, found.architecture, getattr(inner, "patch_order", None))
     meta.update({str(k): str(v) for k, v in (metadata or {}).items()})
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(path) as partial:
@@ -216,8 +272,10 @@ def save_weights(model: torch.nn.Module, path: Union[str, os.PathLike], *,
 def normalise_state_dict(sd: Mapping[str, torch.Tensor]) -> StateDict:
     """``sd`` with leading ``module.`` and ``_orig_mod.`` (any order, repeated) stripped from every
     key, then, when no key is a BiRefNet backbone key (``bb.patch_embed.proj.weight`` /
-    ``bb.patch_embed1.proj.weight``) but one appears once the first one to three dotted parts
-    shared by every key are stripped, those parts (a wrapper such as Lightning's ``model.``).
+    ``bb.patch_embed1.proj.weight``) or a FOCUS one (``backbone.pos_embed``,
+    ``sem_seg_head.predictor.query_feat.weight``) but one appears once the first one to three
+    dotted parts shared by every key are stripped, those parts (a wrapper such as Lightning's
+    ``model.``).
     Tensors are kept as they are (any dtype); nothing is dropped."""
     out: StateDict = {}
     for key, value in sd.items():
@@ -231,14 +289,14 @@ def normalise_state_dict(sd: Mapping[str, torch.Tensor]) -> StateDict:
 
 
 def _strip_wrapper(sd: StateDict) -> StateDict:
-    if not sd or _PROBES & sd.keys():
+    if not sd or _WRAPPED_PROBES & sd.keys():
         return sd
     first = next(iter(sd)).split(".")
     for depth in range(1, min(4, len(first))):
         prefix = ".".join(first[:depth]) + "."
         if not all(key.startswith(prefix) for key in sd):
             break
-        if any(key[len(prefix):] in _PROBES for key in sd):
+        if any(key[len(prefix):] in _WRAPPED_PROBES for key in sd):
             logger.info("stripped the prefix %r shared by all %d tensor names (a training wrapper's)", prefix, len(sd))
             return {key[len(prefix):]: value for key, value in sd.items()}
     return sd
@@ -283,13 +341,23 @@ def detect_backbone(sd: Mapping[str, torch.Tensor]) -> str:
     raise ValueError(_describe_foreign(sd))
 
 
-def _describe_foreign(sd: Mapping[str, torch.Tensor]) -> str:
+def _describe_foreign(sd: Mapping[str, torch.Tensor], any_family: bool = False) -> str:
+    """Why ``sd`` is not a checkpoint we run, in one line: not BiRefNet (``any_family`` False,
+    :func:`detect_backbone`'s wording), or of no family at all (True: :func:`identify`'s)."""
     keys = list(sd)
+    names = " or ".join(f.title for f in FAMILIES) if any_family else "BiRefNet"
 
     def starts(*prefixes: str) -> bool:
         return any(k.startswith(prefixes) for k in keys)
 
-    if starts("model.diffusion_model.", "diffusion_model.", "input_blocks.", "double_blocks.", "joint_blocks."):
+    other = None if any_family else family_of_state_dict(sd)
+    if other is not None and other.name != "birefnet":
+        what = f"a {other.title} checkpoint"
+    elif starts("sem_seg_head.", "criterion.") and starts("backbone."):
+        what = _describe_detectron2(sd)
+    elif starts("roi_heads.", "proposal_generator.") and starts("backbone."):
+        what = "a detectron2 detection checkpoint (e.g. Mask R-CNN / Faster R-CNN)"
+    elif starts("model.diffusion_model.", "diffusion_model.", "input_blocks.", "double_blocks.", "joint_blocks."):
         what = "a Stable Diffusion / UNet (image generation) checkpoint"
     elif starts("first_stage_model.", "encoder.down", "decoder.up"):
         what = "a VAE (autoencoder) checkpoint"
@@ -301,11 +369,79 @@ def _describe_foreign(sd: Mapping[str, torch.Tensor]) -> str:
         what = "a bare Swin Transformer backbone (e.g. ImageNet-pretrained), not a complete BiRefNet"
     elif starts("patch_embed1.proj."):
         what = "a bare PVT-v2 backbone (e.g. ImageNet-pretrained), not a complete BiRefNet"
+    elif any_family:
+        return (f"not a {names} checkpoint: none of its {len(keys)} tensors is a BiRefNet backbone weight "
+                f"(bb.patch_embed.proj.weight or bb.patch_embed1.proj.weight) or FOCUS's backbone.pos_embed with "
+                f"backbone.edge.* or sem_seg_head.predictor.query_feat.weight; first keys: {keys[:5]}")
     else:
         return (f"not a BiRefNet checkpoint: none of its {len(keys)} tensors is a BiRefNet backbone weight "
                 f"(bb.patch_embed.proj.weight or bb.patch_embed1.proj.weight); first keys: {keys[:5]}")
-    return (f"not a BiRefNet checkpoint: this looks like {what}, not BiRefNet "
+    return (f"not a {names} checkpoint: this looks like {what}, not {names} "
             f"({len(keys)} tensors, first keys: {keys[:3]})")
+
+
+def _describe_detectron2(sd: Mapping[str, torch.Tensor]) -> str:
+    """A detectron2 segmentation checkpoint (Mask2Former / MaskFormer layout) that is not FOCUS."""
+    keys = list(sd)
+
+    def starts(*prefixes: str) -> bool:
+        return any(k.startswith(prefixes) for k in keys)
+
+    if starts("backbone.layers.", "backbone.patch_embed.", "backbone.absolute_pos_embed"):
+        backbone = "a Swin Transformer backbone"
+    elif starts("backbone.stem.", "backbone.res2.", "backbone.bottom_up."):
+        backbone = "a ResNet backbone"
+    elif starts("backbone.blocks.", "backbone.pos_embed", "backbone.net."):
+        backbone = "a ViT backbone (without FOCUS's edge branch)"
+    else:
+        backbone = f"a backbone starting {next(k for k in keys if k.startswith('backbone.'))!r}"
+    queries = sd.get("sem_seg_head.predictor.query_feat.weight")
+    counted = f", {int(queries.shape[0])} queries" if queries is not None and queries.dim() == 2 else ""
+    return f"a detectron2 Mask2Former / MaskFormer checkpoint with {backbone}{counted}"
+
+
+class Identified(NamedTuple):
+    """What :func:`identify` found in a state dict."""
+
+    family: Family
+    architecture: Any  # what ``family.build`` takes: a backbone name, a FOCUS configuration name or object
+    state_dict: StateDict  # the inference weights, normalised names, the caller's tensors (not copies)
+
+
+def identify(sd: Mapping[str, torch.Tensor]) -> Identified:
+    """The family of ``sd`` (from its key names), its inference weights (names normalised, then
+    the family's training-only tensors dropped and legacy names renamed; tensors not copied nor
+    read) and the architecture they fit (from their shapes alone: meta tensors do).
+
+    Raises ValueError in one line: ``"not a BiRefNet or FOCUS checkpoint: this looks like ..."``
+    when no family claims the keys, or the family's reason why the shapes fit none of its
+    architectures.
+    """
+    sd = normalise_state_dict(sd)
+    family = family_of_state_dict(sd)
+    if family is None:
+        raise ValueError(_describe_foreign(sd, any_family=True))
+    weights = family.inference_weights(sd)
+    if family.name == "birefnet":
+        return Identified(family, family.recognise(weights), weights)  # its messages, exactly as they were
+    try:
+        architecture = family.recognise(weights)
+    except ValueError as err:
+        if family.name == "focus" and not any(key.startswith("backbone.edge.") for key in weights):
+            # a ViT Mask2Former has FOCUS's probe keys, but not its edge branch: another model
+            raise ValueError(_describe_foreign(sd, any_family=True)) from None
+        detail = " ".join(str(err).split())
+        raise ValueError(f"not a usable {family.title} checkpoint: {detail}") from None
+    return Identified(family, architecture, weights)
+
+
+def describe_architecture(family: Family, architecture: Any) -> str:
+    """A short name for ``architecture``: its name, else (a configuration object) "custom" and
+    its main sizes."""
+    if isinstance(architecture, str):
+        return architecture
+    sizes = [f"{field} {getattr(architecture, field)}" for field in ("width", "depth") if hasattr(architecture, field)]
+    return f"custom {family.name} ({', '.join(sizes)})" if sizes else family.describe(architecture)
 
 
 # --------------------------------------------------------------------------------------- loading
@@ -350,14 +486,28 @@ def _mismatch_message(model: torch.nn.Module, sd: StateDict, missing: List[str],
     if reshaped:
         shapes = [f"{k}: {list(sd[k].shape)} vs {list(model.state_dict()[k].shape)}" for k in reshaped[:3]]
         parts.append(f"{len(reshaped)} keys with other shapes (checkpoint vs model) {shapes}")
-    built = getattr(getattr(model, "config", None), "backbone", None)
-    try:
-        found: Optional[str] = detect_backbone(sd)
-    except ValueError as err:
-        found = None
-        parts.append(str(err))
-    if found and built and found != built:
-        parts.append(f"the checkpoint's backbone is {found} but the model was built for {built}")
+    family = family_of_model(model)
+    if family.name == "birefnet":
+        built = getattr(getattr(model, "config", None), "backbone", None)
+        try:
+            found: Optional[str] = detect_backbone(sd)
+        except ValueError as err:
+            found = None
+            parts.append(str(err))
+        if found and built and found != built:
+            parts.append(f"the checkpoint's backbone is {found} but the model was built for {built}")
+    else:
+        try:
+            other = identify(sd)
+        except ValueError as err:
+            parts.append(" ".join(str(err).split()))
+        else:
+            built_for = family.recognise(model.state_dict())  # the model's own architecture, as a file's is told
+            if other.family is not family:
+                parts.append(f"the checkpoint is a {other.family.title} one but the model is a {family.title}")
+            elif other.architecture != built_for:
+                parts.append(f"the checkpoint is a {describe_architecture(family, other.architecture)} "
+                             f"{family.title} but the model was built for {describe_architecture(family, built_for)}")
     if not any(k.endswith("running_mean") for k in sd) and any(k.endswith("running_mean") for k in missing):
         parts.append("the checkpoint has no BatchNorm statistics: it was trained with batch size 1 "
                      "(the official code then drops BatchNorm), which is not supported")
@@ -438,29 +588,39 @@ def _resolve(source: Source, models_dir: Optional[Union[str, os.PathLike]], toke
 def load_model(source: Source, *, device: Union[None, str, torch.device] = None,
                dtype: Union[None, str, torch.dtype] = None, patch_order: Union[None, str, PatchOrder] = None,
                models_dir: Optional[Union[str, os.PathLike]] = None, token: Optional[str] = None,
-               progress: hub.Progress = True) -> BiRefNet:
-    """A BiRefNet with loaded weights, in eval mode, on ``device`` in ``dtype``.
+               progress: hub.Progress = True) -> torch.nn.Module:
+    """A model (BiRefNet or FOCUS, told from the weights) with loaded weights, in eval mode, on
+    ``device`` in ``dtype``.
 
     ``source``:
-      * a registry name or its repo id (``"BiRefNet_lite"``, ``"ZhengPeng7/BiRefNet_HR"``) or a
-        :class:`~birefnet_core.registry.Variant`: ``<models_dir>/<name>.safetensors``, downloaded
-        there first if missing (see :func:`birefnet_core.hub.download`);
+      * a registry name or its repo id (``"BiRefNet_lite"``, ``"ZhengPeng7/BiRefNet_HR"``,
+        ``"focus_large_sd"``) or a :class:`~birefnet_core.registry.Variant`:
+        ``<models_dir>/<name>.safetensors``, downloaded there first if missing (see
+        :func:`birefnet_core.hub.download`; a FOCUS release is reduced to its inference weights);
       * any other Hub repo id ``"owner/name"``: its ``model.safetensors``, downloaded likewise;
       * another plain name (no path separators): ``<models_dir>/<name>`` or
         ``<models_dir>/<name>.safetensors``; with a weights suffix and not there, that file in the
         working directory;
       * a ``pathlib.Path``, an absolute path, or a relative path ending in a weights suffix
-        (``.safetensors .pth .pt .bin .ckpt``): that file. Strings with '..' components, and
-        other strings with separators, are refused, so a name never reads outside the folder;
+        (``.safetensors .pth .pt .bin .ckpt``): that file (a detectron2 checkpoint too: its
+        ``"model"`` entry is read, memory-mapped, and its optimiser state never is). Strings with
+        '..' components, and other strings with separators, are refused, so a name never reads
+        outside the folder;
       * a mapping of tensors (a state dict).
+
+    The family comes from the key names and the architecture (BiRefNet backbone, FOCUS
+    configuration) from the tensor shapes; training-only tensors (FOCUS's CLIP refiner...) are
+    dropped first. A registry entry whose file holds another family's or architecture's weights
+    is an error, and so is a file named like a registry entry of the other family.
 
     ``device``: default cuda, else mps, else cpu. ``dtype``: a torch dtype or "float32"/
     "float16"/"bfloat16"; None or "auto" means the device's default
     (:func:`birefnet_core.inference.auto_dtype`: bfloat16 or float16 on CUDA, else float32).
-    ``patch_order``: "legacy"/"current", or None/"auto" for the registry entry's order (also for a
-    file named after a registry entry), else legacy. ``models_dir``: default
-    ``$BIREFNET_MODELS_DIR``, else ``~/.cache/birefnet``. ``token``: Hub token for gated repos.
-    ``progress``: download progress (see :func:`birefnet_core.hub.download`).
+    ``patch_order`` (BiRefNet only; FOCUS has no image patches and ignores it, with a warning
+    when one is given): "legacy"/"current", or None/"auto" for the order recorded in the file,
+    else the registry entry's (also for a file named after a registry entry), else legacy.
+    ``models_dir``: default ``$BIREFNET_MODELS_DIR``, else ``~/.cache/birefnet``. ``token``: Hub
+    token for gated repos. ``progress``: download progress (see :func:`birefnet_core.hub.download`).
 
     The model gets ``model.variant`` (the registry entry or None) and ``model.source`` (str).
     """
@@ -469,36 +629,72 @@ def load_model(source: Source, *, device: Union[None, str, torch.device] = None,
     _choose_patch_order(patch_order, None, None)
     in_memory = isinstance(source, Mapping)
     if in_memory:
-        path, variant, sd = None, None, normalise_state_dict(source)
+        path, variant = None, None
+        found = identify(source)
     else:
         path, variant = _resolve(source, models_dir, token, progress)
-        sd = normalise_state_dict(read_state_dict(path))
-    backbone = detect_backbone(sd)
+        found = identify(read_state_dict(path))  # the file's other tensors (optimiser...) are dropped here
+    family, architecture, sd = found
+    del found
     check_tensors(sd, path or "the state dict")
-    if variant is not None and variant.backbone != backbone:
-        raise ValueError(f"{path} should hold model '{variant.name}' (backbone {variant.backbone}) but its tensors "
-                         f"are a {backbone} BiRefNet: the file is misnamed or corrupt; delete or rename it")
+    if variant is not None:
+        _check_variant(variant, family, architecture, path)
     named = None
     if variant is None and path is not None:
         named = find_variant(path.stem)
-        if named is not None and named.backbone != backbone:
-            logger.warning("%s is named like registry model %s (%s) but holds a %s BiRefNet; ignoring the name",
-                           path, named.name, named.backbone, backbone)
+        if named is not None and named.family != family.name:
+            raise ValueError(f"{path} is named like registry model {named.name} (a {_title(named.family)} "
+                             f"{named.backbone}) but holds a {family.title} checkpoint "
+                             f"({describe_architecture(family, architecture)}): rename the file")
+        if named is not None and named.backbone != architecture:
+            logger.warning("%s is named like registry model %s (%s) but holds a %s %s; ignoring the name",
+                           path, named.name, named.backbone, describe_architecture(family, architecture),
+                           family.title)
             named = None
-    recorded = read_metadata(path).get("birefnet.patch_order") if path is not None else None
-    order, why = _choose_patch_order(patch_order, variant, named, recorded)
-    logger.info("BiRefNet %s from %s: patch order %s (%s)", backbone, path or "a state dict", order.value, why)
+    options: Dict[str, Any] = {}
+    if family.name == "birefnet":
+        recorded = read_metadata(path).get("birefnet.patch_order") if path is not None else None
+        order, why = _choose_patch_order(patch_order, variant, named, recorded)
+        logger.info("BiRefNet %s from %s: patch order %s (%s)", architecture, path or "a state dict", order.value,
+                    why)
+        options["patch_order"] = order
+    else:
+        if patch_order is not None and str(getattr(patch_order, "value", patch_order)).lower() != "auto":
+            logger.warning("patch_order %r ignored: %s models have no image patches",
+                           str(getattr(patch_order, "value", patch_order)), family.title)
+        logger.info("%s %s from %s (%d inference tensors)", family.title, describe_architecture(family, architecture),
+                    path or "a state dict", len(sd))
 
-    # build without memory on 'meta', then take over the tensors already moved to device and dtype
+    # build without memory on 'meta', then take over the tensors already moved to device and dtype;
+    # tensors read from a torch file are copied out of its memory map (the model never keeps the file)
+    copy = in_memory or (path is not None and path.suffix.lower() in PICKLE_SUFFIXES)
     for key in list(sd):  # one at a time, so each original is freed as soon as it is replaced
-        sd[key] = _placed(sd[key], target_device, target_dtype, copy=in_memory)
+        sd[key] = _placed(sd[key], target_device, target_dtype, copy=copy)
     with torch.device("meta"):
-        model = build_model(backbone, patch_order=order).to(dtype=target_dtype)
+        model = family.build(architecture, **options).to(dtype=target_dtype)
     load_state_dict_into(model, sd, path)
     model = model.to(device=target_device).eval()
     model.variant = variant or named
     model.source = str(path) if path is not None else "<state dict>"
     return model
+
+
+def _title(family_name: str) -> str:
+    return get_family(family_name).title
+
+
+def _check_variant(variant: Variant, family: Family, architecture: Any, path: Optional[Path]) -> None:
+    """Refuse the file of registry entry ``variant`` when it holds another family or architecture."""
+    if variant.family != family.name:
+        raise ValueError(f"{path} should hold model '{variant.name}' (a {_title(variant.family)} {variant.backbone}) "
+                         f"but its tensors are a {family.title} checkpoint "
+                         f"({describe_architecture(family, architecture)}): the file is misnamed or corrupt; delete or "
+                         "rename it")
+    if variant.backbone != architecture:
+        what = "backbone" if family.name == "birefnet" else "architecture"
+        raise ValueError(f"{path} should hold model '{variant.name}' ({what} {variant.backbone}) but its tensors "
+                         f"are a {describe_architecture(family, architecture)} {family.title}: the file is misnamed "
+                         "or corrupt; delete or rename it")
 
 
 def _choose_patch_order(requested: Union[None, str, PatchOrder], variant: Optional[Variant],
@@ -518,6 +714,7 @@ def _choose_patch_order(requested: Union[None, str, PatchOrder], variant: Option
                                "2024-11-05 change; pass patch_order='current' for newer ones")
 
 
-__all__ = ["MODELS_DIR_ENV", "WEIGHTS_SUFFIXES", "check_model_name", "check_tensors", "default_device",
-           "default_models_dir", "detect_backbone", "peek_backbone", "load_model", "load_state_dict_into",
-           "normalise_state_dict", "read_metadata", "read_state_dict", "save_weights"]
+__all__ = ["MODELS_DIR_ENV", "WEIGHTS_SUFFIXES", "Identified", "check_model_name", "check_tensors", "default_device",
+           "default_models_dir", "describe_architecture", "detect_backbone", "identify", "peek_architecture",
+           "peek_backbone", "load_model", "load_state_dict_into", "normalise_state_dict", "read_metadata",
+           "read_state_dict", "save_weights", "weights_metadata"]

@@ -15,6 +15,12 @@ it is an incomplete download (:func:`safetensors_problem`); the same file in the
 for writing before either. Any failure raises one :class:`ModelNotAvailableError` whose
 single-line message names the repository, the file, its URL and where to put it by hand.
 
+FOCUS releases are detectron2 ``.pth`` checkpoints of 5 GB (DINOv2-L) or 15 GB (DINOv2-G), most of
+it optimiser state and training-only tensors. For those the downloaded (or cached) file is read
+memory-mapped and only its inference weights are stored, as ``<folder>/<name>.safetensors``
+(1.5 GB / 4.9 GB; :func:`birefnet_core.convert.convert_file`, written atomically); the downloaded
+``.pth`` is then removed with the staging folder (a copy in the Hugging Face cache is left alone).
+
 huggingface_hub is imported inside the functions only, so importing the core stays fast. No code
 from the Hub is ever executed: only the weights file is fetched.
 """
@@ -56,6 +62,17 @@ class HubFile(NamedTuple):
     filename: str
     name: str  # local file stem: ``<folder>/<name>.safetensors``
     gated: bool = False
+    family: str = "birefnet"
+
+    @property
+    def slimmed(self) -> bool:
+        """True when the Hub file is not the file stored (a checkpoint whose inference weights are
+        kept as ``<name>.safetensors``: FOCUS's detectron2 ``.pth`` files)."""
+        return not self.filename.lower().endswith(".safetensors")
+
+    @property
+    def title(self) -> str:
+        return "FOCUS" if self.family == "focus" else "BiRefNet"
 
     @property
     def url(self) -> str:
@@ -72,7 +89,7 @@ def hub_file(source: Union[Variant, str]) -> HubFile:
     (whose ``model.safetensors`` is stored as ``<owner>--<name>.safetensors``)."""
     variant = source if isinstance(source, Variant) else find_variant(source)
     if variant is not None:
-        return HubFile(variant.repo_id, variant.filename, variant.name, variant.gated)
+        return HubFile(variant.repo_id, variant.filename, variant.name, variant.gated, variant.family)
     if not is_repo_id(source):
         raise ValueError(f"{source!r} is neither a known BiRefNet model name nor a Hugging Face repo id 'owner/name'")
     return HubFile(source, "model.safetensors", source.replace("/", "--"))
@@ -96,6 +113,11 @@ def download(source: Union[Variant, str], folder: Union[str, Path], *, token: Op
     RMBG-2.0. ``cache_dir`` is the Hugging Face cache searched before downloading (default: the
     standard one). ``progress``: True for huggingface_hub's console bar, False for none, or a
     callback ``progress(bytes_done, bytes_total)``. Raises :class:`ModelNotAvailableError` (:class:`ModelAccessError` for 401/403).
+
+    A FOCUS entry's ``.pth`` is fetched into the staging folder, its inference weights are stored
+    as ``<folder>/<name>.safetensors`` and the ``.pth`` is removed (an INFO log line says where
+    the weights went and what was left out); a ``.pth`` found in the Hugging Face cache is
+    reduced the same way and left in the cache.
     """
     target = hub_file(source)
     folder = Path(folder).expanduser()
@@ -114,20 +136,57 @@ def download(source: Union[Variant, str], folder: Union[str, Path], *, token: Op
         cached = Path(hf_hub_download(target.repo_id, target.filename, cache_dir=cache_dir, local_files_only=True))
     except Exception:
         cached = None
-    if cached is not None and cached.is_file() and safetensors_problem(cached) is None:  # a broken one is skipped
-        _place_copy(cached.resolve(), final)
+    if cached is not None and cached.is_file() and not target.slimmed and safetensors_problem(cached) is None:
+        _place_copy(cached.resolve(), final)  # (a broken one is skipped)
         return final
+    if cached is not None and cached.is_file() and target.slimmed:
+        try:
+            _keep_inference_weights(cached.resolve(), final, target, "found in the Hugging Face cache")
+            return final
+        except ModelNotAvailableError as err:
+            logger.warning("%s; downloading it again", err)
 
     staging = folder / STAGING / target.name
     try:  # an interrupt (a BaseException) passes unchanged; the staging folder goes on any exit
-        got = Path(hf_hub_download(target.repo_id, target.filename, local_dir=staging, token=token,
-                                   tqdm_class=_tqdm_class(progress)))
-        os.replace(got, final)
-    except Exception as err:
-        raise _explain(err, target, folder, broken) from err
+        try:
+            got = Path(hf_hub_download(target.repo_id, target.filename, local_dir=staging, token=token,
+                                       tqdm_class=_tqdm_class(progress)))
+            if not target.slimmed:
+                os.replace(got, final)
+        except Exception as err:
+            raise _explain(err, target, folder, broken) from err
+        if target.slimmed:
+            _keep_inference_weights(got, final, target, "downloaded")
+            got.unlink(missing_ok=True)
     finally:
         _clean_staging(staging)
     return final
+
+
+def _keep_inference_weights(source: Path, final: Path, target: HubFile, how: str) -> None:
+    """Store the inference weights of the checkpoint ``source`` as ``final`` (atomically), or
+    raise :class:`ModelNotAvailableError` in one line when ``source`` is not a sound checkpoint
+    of ``target``'s family."""
+    from .convert import convert_file
+
+    size = source.stat().st_size
+    problem = None
+    try:
+        done = convert_file(source, final, overwrite=True, check_outputs=False)
+    except ValueError as err:
+        problem = " ".join(str(err).split())
+    else:
+        if done.family != target.family:
+            final.unlink(missing_ok=True)
+            problem = f"it holds a {done.family} checkpoint, not {target.title}"
+    if problem is not None:
+        raise ModelNotAvailableError(
+            f"{target.title} model '{target.name}': the file '{target.filename}' {how} from Hugging Face repo "
+            f"'{target.repo_id}' is not usable ({problem}); download it again, or fetch {target.url} by hand and "
+            f"convert it with: python -m birefnet_core convert {target.filename} {final}")
+    logger.info("%s model %s: stored the %d inference tensors of the %s %s (%.2f GB) as %s (%.2f GB); %d "
+                "training-only tensors and the optimiser state left out", target.title, target.name, done.tensors, how,
+                target.filename, size / 1e9, final, done.nbytes / 1e9, done.dropped)
 
 
 def is_weights_file(path: Union[str, Path]) -> bool:
@@ -252,8 +311,12 @@ def _explain(err: BaseException, target: HubFile, folder: Path,
     final = folder / f"{target.name}.safetensors"
     if broken is not None:
         reason = f"{final} is a broken download ({broken}) and fetching it again failed: {reason}; delete that file"
+    if target.slimmed:
+        by_hand = (f"download {target.url} and keep its inference weights with: python -m birefnet_core convert "
+                   f"{target.filename} {final}")
+    else:
+        by_hand = f"download {target.url} and save it as '{final.name}' in the folder {folder} (i.e. {final})"
     return error_cls(
-        f"BiRefNet model '{target.name}' (file '{target.filename}' of Hugging Face repo '{target.repo_id}') is not "
-        f"available: {reason}. To install it by hand, download {target.url} and save it as '{final.name}' in the "
-        f"folder {folder} (i.e. {final})."
+        f"{target.title} model '{target.name}' (file '{target.filename}' of Hugging Face repo '{target.repo_id}') is "
+        f"not available: {reason}. To install it by hand, {by_hand}."
     )

@@ -1,9 +1,11 @@
 """Inference: images of any size in, probability masks at the same size out.
 
-``Predictor`` owns the pre- and post-processing around ``BiRefNet.forward``: input checks and
-conversion, resizing to the model's resolution on the model's device, ImageNet normalisation,
-chunking of large batches, the dtype policy, and the resize of the probabilities back to each
-input's size. Nothing round-trips through PIL or NumPy.
+``Predictor`` owns everything around the network's forward: input checks and conversion,
+chunking of large batches, the dtype policy, out-of-memory halving. Each model family has a
+pipeline here (``BiRefNetPipeline``, ``FocusPipeline``; the table in
+:mod:`birefnet_core.models.families` says which) with its resize to the network size on the
+model's device, its normalisation and its post-processing back to each input's size. Nothing
+round-trips through PIL or NumPy.
 """
 
 from __future__ import annotations
@@ -114,12 +116,17 @@ def _multiple_of_32(value: int, what: str) -> int:
 
 @dataclass(frozen=True)
 class Resolution:
-    """The size the network sees: a fixed W x H, or the input's aspect ratio with the long side
-    ``long_side`` (both sides multiples of 32), for models trained at varying sizes."""
+    """The size the network sees: a fixed W x H, the input's aspect ratio with the long side
+    ``long_side`` (both sides multiples of 32), for models trained at varying sizes, or the
+    input's aspect ratio with the short side ``short_side`` and the long side at most
+    ``max_side`` (FOCUS's test-time rule, detectron2's ``ResizeShortestEdge``; sides are not
+    rounded: the FOCUS pipeline pads to multiples of 32 instead)."""
 
     width: int = 0
     height: int = 0
     long_side: int = 0
+    short_side: int = 0
+    max_side: int = 0
 
     @classmethod
     def fixed(cls, width: int, height: int) -> "Resolution":
@@ -134,10 +141,19 @@ class Resolution:
         return cls(long_side=_multiple_of_32(long_side, "long side"))
 
     @classmethod
+    def shortest_edge(cls, short_side: int, max_side: Optional[int] = None) -> "Resolution":
+        max_side = 4 * short_side if max_side is None else max_side
+        if short_side <= 0 or max_side < short_side:
+            raise ValueError(f"short side must be positive and at most the long-side limit, got {short_side} "
+                             f"(limit {max_side})")
+        return cls(short_side=short_side, max_side=max_side)
+
+    @classmethod
     def parse(cls, value: Union[None, str, int, Tuple[int, int], "Resolution"],
               native: Tuple[int, int] = DEFAULT_RESOLUTION) -> "Resolution":
-        """``None``/"native" (the model's own), "WxH", an int N or "N" (N x N), (W, H), or
-        "keep:N" (keep the aspect ratio, long side N)."""
+        """``None``/"native" (the model's own), "WxH", an int N or "N" (N x N), (W, H),
+        "keep:N" (keep the aspect ratio, long side N) or "short:N" / "short:N:M" (keep the aspect
+        ratio, short side N, long side at most M, default 4N)."""
         if isinstance(value, Resolution):
             return value
         if value is None or (isinstance(value, str) and value.strip().lower() == "native"):
@@ -154,18 +170,31 @@ class Resolution:
             match = re.fullmatch(r"(?:keep|keep-aspect|long)\s*[:=]?\s*(\d+)", text)
             if match:
                 return cls.keep_aspect(int(match.group(1)))
+            match = re.fullmatch(r"short\s*[:=]?\s*(\d+)(?:\s*[:/]\s*(\d+))?", text)
+            if match:
+                return cls.shortest_edge(int(match.group(1)), int(match.group(2)) if match.group(2) else None)
             if text.isdigit():
                 return cls.fixed(int(text), int(text))
-        raise ValueError(f"resolution must be 'native', 'WxH', 'N' or 'keep:N', got {value!r}")
+        raise ValueError(f"resolution must be 'native', 'WxH', 'N', 'keep:N' or 'short:N', got {value!r}")
 
     def size_for(self, height: int, width: int) -> Tuple[int, int]:
         """(H, W) the network runs at for an input of ``height`` x ``width``."""
+        if self.short_side:
+            # detectron2's ResizeShortestEdge.get_output_shape, the FOCUS test-time size
+            scale = self.short_side / min(height, width)
+            new_h, new_w = height * scale, width * scale
+            if max(new_h, new_w) > self.max_side:
+                scale = self.max_side / max(new_h, new_w)
+                new_h, new_w = new_h * scale, new_w * scale
+            return max(1, int(new_h + 0.5)), max(1, int(new_w + 0.5))
         if not self.long_side:
             return self.height, self.width
         scale = self.long_side / max(height, width)
         return (max(32, int(round(height * scale / 32)) * 32), max(32, int(round(width * scale / 32)) * 32))
 
     def __str__(self) -> str:
+        if self.short_side:
+            return f"short:{self.short_side}:{self.max_side}"
         return f"keep:{self.long_side}" if self.long_side else f"{self.width}x{self.height}"
 
 
@@ -246,33 +275,152 @@ def to_unit_float(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
-class Predictor:
-    """Runs a BiRefNet model on image batches of any size.
+class BiRefNetPipeline:
+    """BiRefNet's test-time pipeline: resize to the network size (the variant's native size by
+    default), ImageNet normalisation, the network's logits, sigmoid, resize back."""
 
-    Args:
-        model: a ``BiRefNet`` (e.g. from ``load_model``); it is put in eval mode and cast to
-            ``dtype`` in place.
-        resolution: see :meth:`Resolution.parse`; default the model variant's native size.
-        batch_size: images per forward pass; larger batches are cut into chunks.
-        dtype: inference dtype; default the model's own (``load_model`` applies :func:`auto_dtype`).
-            The dtype and device belong to the model: predictors sharing a model follow it when
-            one of them (or anyone) casts or moves it.
-    """
-
-    def __init__(self, model: torch.nn.Module, *, resolution=None, batch_size: int = 1,
-                 dtype: Union[None, str, torch.dtype] = None) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.model = model.eval()
-        if dtype is not None:
-            self.model.to(dtype=parse_dtype(dtype, self.device))
+    def __init__(self, model: torch.nn.Module, resolution) -> None:
+        self.model = model
         variant = getattr(model, "variant", None)
         native = tuple(variant.resolution) if variant is not None else DEFAULT_RESOLUTION
         self.resolution = Resolution.parse(resolution, native)
         config = getattr(model, "config", None)
         self.min_side = config.spec.min_side if config is not None else 32
+
+    def network_size(self, height: int, width: int) -> Tuple[int, int]:
+        h, w = self.resolution.size_for(height, width)
+        if self.resolution.short_side:  # a short-side size is not rounded by Resolution: round it here
+            h, w = max(32, int(round(h / 32)) * 32), max(32, int(round(w / 32)) * 32)
+        if min(h, w) < self.min_side:
+            warn_once(f"min_side {h}x{w}", "network size %dx%d is below the smallest this backbone runs at (%d per "
+                      "side); using %dx%d", w, h, self.min_side, max(w, self.min_side), max(h, self.min_side))
+            h, w = max(h, self.min_side), max(w, self.min_side)
+        return h, w
+
+    def preprocess(self, images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        size = self.network_size(images.shape[-2], images.shape[-1])
+        x = images
+        if tuple(x.shape[-2:]) != size:
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+        return ((x - mean) / std).to(dtype)
+
+    def probabilities(self, images: torch.Tensor, dtype: torch.dtype, binary: bool) -> torch.Tensor:
+        h, w = images.shape[-2:]
+        probs = self.model(self.preprocess(images, dtype)).float().sigmoid()
+        if tuple(probs.shape[-2:]) != (h, w):
+            probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False,
+                                  antialias=probs.shape[-2] > h or probs.shape[-1] > w)
+        probs = probs[:, 0].clamp_(0.0, 1.0)
+        return (probs > 0.5).float() if binary else probs
+
+
+FOCUS_PIXEL_MEAN = (123.675, 116.28, 103.53)  # RGB, 0..255 scale (FOCUS's PIXEL_MEAN / PIXEL_STD)
+FOCUS_PIXEL_STD = (58.395, 57.12, 57.375)
+FOCUS_RESOLUTION = Resolution.shortest_edge(512, 2048)  # its test-time ResizeShortestEdge(512, max 2048)
+FOCUS_SIZE_DIVISIBILITY = 32
+
+
+class FocusPipeline:
+    """FOCUS's test-time pipeline (notes §1 and §6): resize with the short side 512 and the long
+    side at most 2048, rounded to 8-bit levels as the official uint8 resize gives them,
+    (x - mean) / std on the 0..255 scale, zero padding at the bottom and right to multiples of
+    32, the network, then the official post-processing: the mask logits upsampled to the padded
+    size, cropped to the resized image, resized to the input size, the two queries merged.
+
+    Differences from the official pipeline: the resize runs on the device with torch's bilinear
+    filter (antialiased when shrinking, as PIL's), not PIL on the uint8 image; see the README for
+    how far that moves the output. ``resolution`` other than native: "WxH" resizes to exactly
+    that (then pads), "keep:N" keeps the aspect ratio with the long side N, "short:N[:M]" is the
+    official rule with other sizes.
+    """
+
+    min_side = 1
+
+    def __init__(self, model: torch.nn.Module, resolution) -> None:
+        self.model = model
+        self.resolution = FOCUS_RESOLUTION if resolution is None else Resolution.parse(resolution)
+        if str(resolution).strip().lower() == "native":
+            self.resolution = FOCUS_RESOLUTION
+
+    def network_size(self, height: int, width: int) -> Tuple[int, int]:
+        """(H, W) of the resized image; the network runs on it padded to multiples of 32."""
+        return self.resolution.size_for(height, width)
+
+    def preprocess(self, images: torch.Tensor, dtype: torch.dtype) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        """float [B, 3, H, W] 0..1 -> (normalised padded float32 input, resized size)."""
+        size = self.network_size(images.shape[-2], images.shape[-1])
+        x = self.resize(images * 255.0, size).round_().clamp_(0.0, 255.0)  # the official network sees integer levels
+        mean = torch.tensor(FOCUS_PIXEL_MEAN, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(FOCUS_PIXEL_STD, device=x.device).view(1, 3, 1, 1)
+        x = (x - mean) / std
+        pad_h = -size[0] % FOCUS_SIZE_DIVISIBILITY
+        pad_w = -size[1] % FOCUS_SIZE_DIVISIBILITY
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        # float32: the network computes its edge input from these values and casts the rest itself
+        return x, size
+
+    @staticmethod
+    def resize(levels: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+        """[B, 3, H, W] on the 0..255 scale -> ``size``; bilinear, averaging over the source when
+        shrinking, as PIL's bilinear resize does."""
+        if tuple(levels.shape[-2:]) == tuple(size):
+            return levels
+        return F.interpolate(levels, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+    def probabilities(self, images: torch.Tensor, dtype: torch.dtype, binary: bool) -> torch.Tensor:
+        from .models.focus import mask_of_interest
+
+        h, w = images.shape[-2:]
+        x, size = self.preprocess(images, dtype)
+        out = self.model(x)
+        soft, hard = mask_of_interest(out.class_logits.float(), out.mask_logits.float(), tuple(x.shape[-2:]), size,
+                                      (h, w))
+        return hard.float() if binary else soft.clamp_(0.0, 1.0)
+
+
+class Predictor:
+    """Runs a segmentation model (BiRefNet or FOCUS) on image batches of any size.
+
+    Args:
+        model: a model from ``load_model`` or ``build_model``; it is put in eval mode and cast to
+            ``dtype`` in place. Its family (:mod:`birefnet_core.models.families`) says which
+            pipeline runs it (resize, normalisation, post-processing).
+        resolution: see :meth:`Resolution.parse`; default (None or "native") the model's own:
+            a BiRefNet variant's native size, FOCUS's short side 512 (long side at most 2048).
+        batch_size: images per forward pass; larger batches are cut into chunks.
+        dtype: inference dtype; default the model's own (``load_model`` applies :func:`auto_dtype`).
+            The dtype and device belong to the model: predictors sharing a model follow it when
+            one of them (or anyone) casts or moves it.
+        binary: return a 0/1 mask instead of the soft probability: FOCUS's official binary mask
+            of interest (its two queries merged, what its evaluator scores); BiRefNet's
+            probability > 0.5.
+    """
+
+    def __init__(self, model: torch.nn.Module, *, resolution=None, batch_size: int = 1,
+                 dtype: Union[None, str, torch.dtype] = None, binary: bool = False) -> None:
+        from .models.families import family_of_model
+
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model = model.eval()
+        if dtype is not None:
+            self.model.to(dtype=parse_dtype(dtype, self.device))
+        self.family = family_of_model(model)
+        self.pipeline = self.family.pipeline_class()(model, resolution)
         self.batch_size = batch_size
+        self.binary = bool(binary)
         self._warned_memory = False
+
+    @property
+    def resolution(self) -> Resolution:
+        return self.pipeline.resolution
+
+    @property
+    def min_side(self) -> int:
+        return self.pipeline.min_side
 
     @property
     def device(self) -> torch.device:
@@ -282,38 +430,24 @@ class Predictor:
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
-    def _probabilities(self, chunk: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    def _probabilities(self, chunk: torch.Tensor) -> torch.Tensor:
         """Probabilities [n, h, w] float32 for one chunk already on the device."""
-        logits = self.model(self.preprocess(to_unit_float(chunk)))
-        probs = logits.float().sigmoid()
-        if tuple(probs.shape[-2:]) != (h, w):
-            probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False,
-                                  antialias=probs.shape[-2] > h or probs.shape[-1] > w)
-        return probs[:, 0].clamp_(0.0, 1.0)
+        return self.pipeline.probabilities(to_unit_float(chunk), self.dtype, self.binary)
 
     def _release_device_memory(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """float [B, 3, H, W] in 0..1 on the model's device -> normalised network input."""
-        size = self.network_size(images.shape[-2], images.shape[-1])
-        x = images
-        if tuple(x.shape[-2:]) != size:
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-        return ((x - mean) / std).to(self.dtype)
+    def preprocess(self, images: torch.Tensor):
+        """float [B, 3, H, W] in 0..1 on the model's device -> the network input (FOCUS: with the
+        resized size before padding)."""
+        return self.pipeline.preprocess(images, self.dtype)
 
     def network_size(self, height: int, width: int) -> Tuple[int, int]:
-        """(H, W) the network runs at for an input of ``height`` x ``width``: the resolution's,
-        with each side raised to the backbone's smallest working size (warned once)."""
-        h, w = self.resolution.size_for(height, width)
-        if min(h, w) < self.min_side:
-            warn_once(f"min_side {h}x{w}", "network size %dx%d is below the smallest this backbone runs at (%d per "
-                      "side); using %dx%d", w, h, self.min_side, max(w, self.min_side), max(h, self.min_side))
-            h, w = max(h, self.min_side), max(w, self.min_side)
-        return h, w
+        """(H, W) the image is resized to for an input of ``height`` x ``width`` (BiRefNet: the
+        network size, each side raised to the backbone's smallest working size, warned once;
+        FOCUS: before padding to multiples of 32)."""
+        return self.pipeline.network_size(height, width)
 
     @torch.inference_mode()
     def predict(self, images: torch.Tensor, *, progress: Optional[Callable[[int, int], None]] = None,
@@ -343,7 +477,7 @@ class Predictor:
             if chunk.is_floating_point() and not bool(torch.isfinite(chunk).all()):
                 raise ValueError(f"images {start}..{start + len(chunk) - 1} contain NaN or infinite values")
             try:
-                probs = self._probabilities(chunk, h, w)
+                probs = self._probabilities(chunk)
             except OUT_OF_MEMORY:
                 del chunk
                 if size == 1:

@@ -120,17 +120,22 @@ def batches(files: Sequence[Path], batch_size: int) -> Iterator[List[Tuple[Path,
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", help="image files or folders of images")
-    parser.add_argument("--model", required=True, help="registry name (e.g. BiRefNet_lite), hub repo id or file")
+    parser.add_argument("--model", required=True,
+                        help="registry name (e.g. BiRefNet_lite, focus_large_sd), hub repo id or file")
     parser.add_argument("--out", default="birefnet_out", help="output folder (default ./birefnet_out)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace outputs that exist already (never an input file)")
     parser.add_argument("--resolution", default=None,
-                        help="native (default), WxH, N, or keep:N (keep aspect, long side N)")
+                        help="native (default), WxH, N, keep:N (keep aspect, long side N) or short:N[:M] "
+                             "(keep aspect, short side N, long side at most M; FOCUS's native is short:512:2048)")
+    parser.add_argument("--binary", action="store_true",
+                        help="write the model's 0/1 mask instead of the soft one (FOCUS: its official mask of "
+                             "interest; BiRefNet: probability > 0.5)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda, mps or cpu)")
     parser.add_argument("--dtype", default="auto", help="auto, float32, float16 or bfloat16")
     parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass (equal sizes)")
     parser.add_argument("--patch-order", default=None, choices=["auto", "legacy", "current"],
-                        help="override the checkpoint's patch order")
+                        help="override a BiRefNet checkpoint's patch order (FOCUS has none)")
     parser.add_argument("--models-dir", default=None, help="where registry models are downloaded")
     parser.epilog = ("Writes <stem>_mask.png and <stem>_rgba.png per image; inputs sharing a stem get _2, _3... "
                      "Existing outputs are refused unless --overwrite; an input is never overwritten.")
@@ -153,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         model = load_model(args.model, device=args.device, dtype=args.dtype, patch_order=args.patch_order,
                            models_dir=args.models_dir)
-        predictor = Predictor(model, resolution=args.resolution, batch_size=args.batch_size)
+        predictor = Predictor(model, resolution=args.resolution, batch_size=args.batch_size, binary=args.binary)
         with ConsoleProgress(len(files), "predict") as bar:
             for group in batches(files, args.batch_size):
                 probs = predictor.predict(torch.stack([image for _, image in group]), layout="BHWC")

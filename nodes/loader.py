@@ -8,6 +8,7 @@ from typing import List, Optional, Tuple
 
 from ..birefnet_core.checkpoint import load_model, peek_backbone
 from ..birefnet_core.hub import download, local_path
+from ..birefnet_core.models.families import describe_model
 from ..birefnet_core.registry import VARIANTS, find_variant
 from . import comfy
 
@@ -66,15 +67,15 @@ def resolve_choice(choice: str, progress=None) -> Tuple[Path, Optional[object]]:
 
 class BiRefNetLoader:
     DESCRIPTION = (
-        "Loads a BiRefNet checkpoint: any file in models/birefnet (or the folders extra_model_paths.yaml "
-        "adds), BiRefNet files in ComfyUI's background_removal folder, or a released model, downloaded into "
-        "models/birefnet the first time it runs. The backbone is read from the weights. The model is managed "
-        "by ComfyUI: 'Unload models' frees it."
+        "Loads a BiRefNet or FOCUS checkpoint: any file in models/birefnet (or the folders "
+        "extra_model_paths.yaml adds), BiRefNet files in ComfyUI's background_removal folder, or a released "
+        "model, downloaded into models/birefnet the first time it runs. The family and backbone are read from "
+        "the weights. The model is managed by ComfyUI: 'Unload models' frees it."
     )
     CATEGORY = "BiRefNet"
     RETURN_TYPES = ("BIREFNET_MODEL",)
     RETURN_NAMES = ("model",)
-    OUTPUT_TOOLTIPS = ("The loaded BiRefNet, for BiRefNet Segment and the other BiRefNet nodes.",)
+    OUTPUT_TOOLTIPS = ("The loaded BiRefNet or FOCUS model, for BiRefNet Segment and the other BiRefNet nodes.",)
     FUNCTION = "load"
 
     @classmethod
@@ -87,7 +88,12 @@ class BiRefNetLoader:
                     "tooltip": "Checkpoint to load. Names ending in '(download)' are released models not on disk "
                                "yet: they are downloaded into models/birefnet when the node runs. BiRefNet_lite is "
                                "fast; BiRefNet is the general model; -matting and -portrait give soft hair edges; "
-                               "RMBG-2.0 is non-commercial and needs a Hugging Face token.",
+                               "RMBG-2.0 is non-commercial and needs a Hugging Face token. focus_* are FOCUS models "
+                               "(large: DINOv2-L, 1.5 GB once slimmed; giant: DINOv2-G, 5 GB), one per task: sod = "
+                               "salient object, cod = camouflaged object, sd = shadows, dbd = defocus blur "
+                               "detection (the region its training data's ground truth marks white, i.e. blurred vs "
+                               "sharp as in the DUT/CUHK DBD sets), fd = forged (manipulated) region. "
+                               "The released FOCUS files are 5-15 GB; only the inference weights are kept.",
                 }),
                 "device": (comfy.device_choices(), {
                     "default": "auto",
@@ -100,9 +106,9 @@ class BiRefNetLoader:
                 }),
                 "patch_order": (["auto", "legacy", "current"], {
                     "default": "auto",
-                    "tooltip": "How the image patches are fed to the decoder. auto: what the checkpoint was trained "
-                               "with, as best known (legacy for models released before November 2024). Change it "
-                               "only if masks of a custom checkpoint look wrong.",
+                    "tooltip": "BiRefNet only (FOCUS ignores it): how the image patches are fed to the decoder. "
+                               "auto: what the checkpoint was trained with, as best known (legacy for models released "
+                               "before November 2024). Change it only if masks of a custom checkpoint look wrong.",
                 }),
             }
         }
@@ -144,6 +150,6 @@ class BiRefNetLoader:
         network = load_model(path, device=target, dtype=dtype, patch_order=patch_order)
         if network.variant is None and variant is not None:
             network.variant = variant
-        logger.info("BiRefNet %s loaded from %s on %s (%s, patch order %s)", network.config.backbone, path, target,
-                    next(network.parameters()).dtype, network.patch_order.value)
+        logger.info("%s loaded from %s on %s (%s)", describe_model(network), path, target,
+                    next(network.parameters()).dtype)
         return (comfy.ManagedModel(network, target),)

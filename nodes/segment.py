@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from ..birefnet_core.inference import Predictor, Resolution
@@ -12,16 +14,22 @@ from .tensors import comfy_pixels
 
 RESOLUTIONS = ["native", "custom", "keep_aspect"]
 BACKGROUNDS = ["transparent", "color"]
+BINARY_TOOLTIP = ("Off: the soft mask (probability). On: the model's own 0/1 mask; for FOCUS the official "
+                  "mask of interest (its foreground and background queries merged, what its benchmarks score), "
+                  "for BiRefNet probability > 0.5.")
 
 
-def resolution_for(model: comfy.ManagedModel, resolution: str, width: int, height: int, long_side: int) -> Resolution:
+def resolution_for(model: comfy.ManagedModel, resolution: str, width: int, height: int,
+                   long_side: int) -> Optional[Resolution]:
+    """The Resolution for the widgets; None for native (the model's own, which its family's
+    pipeline knows: a BiRefNet variant's training size, FOCUS's short side 512)."""
     if resolution == "custom":
         return Resolution.fixed(width, height)
     if resolution == "keep_aspect":
         return Resolution.keep_aspect(long_side)
     if resolution != "native":
         raise ValueError(f"resolution must be one of {', '.join(RESOLUTIONS)}, got {resolution!r}")
-    return Resolution.parse(None, model.variant.resolution if model.variant is not None else (1024, 1024))
+    return None
 
 
 def resolution_inputs() -> dict:
@@ -31,8 +39,10 @@ def resolution_inputs() -> dict:
         "resolution": (RESOLUTIONS, {
             "default": "native",
             "tooltip": "Size the network sees. native: the model's training size (1024x1024 for most, "
-                       "2048x2048 for HR, 2560x1440 for lite-2K); custom: width x height; keep_aspect: the "
-                       "image's aspect ratio with the long side below (best for BiRefNet_dynamic).",
+                       "2048x2048 for HR, 2560x1440 for lite-2K; FOCUS: the image's aspect ratio with the short "
+                       "side 512, long side at most 2048); custom: width x height; keep_aspect: the image's "
+                       "aspect ratio with the long side below (best for BiRefNet_dynamic). FOCUS pads any size "
+                       "to multiples of 32.",
         }),
         "width": ("INT", {"default": 1024, **size, "tooltip": "Network width for resolution = custom."}),
         "height": ("INT", {"default": 1024, **size, "tooltip": "Network height for resolution = custom."}),
@@ -43,7 +53,9 @@ def resolution_inputs() -> dict:
 
 class BiRefNetSegment:
     DESCRIPTION = (
-        "Segments the main subject of every image in the batch with a BiRefNet model. Outputs the mask, "
+        "Segments the main subject of every image in the batch with a BiRefNet model, or with a FOCUS model "
+        "the region its task names (salient object, camouflaged object, shadow, defocus-blurred region, "
+        "forged region; see the loader's tooltip). Outputs the mask, "
         "the image with the mask as alpha (RGBA, for saving with transparency or alpha video) and the image "
         "composited on a colour (RGB, for nodes that expect three channels). Runs in chunks of batch_size "
         "with a progress bar; Cancel stops at the next chunk."
@@ -83,17 +95,20 @@ class BiRefNetSegment:
                                                            "#rrggbb or r,g,b."}),
                 "foreground": (list(FOREGROUND_METHODS), {"default": "blur_fusion", "tooltip": FOREGROUND_TOOLTIP
                                                           + " Used for the rgba and composite outputs."}),
-            }
+            },
+            "optional": {
+                "binary_mask": ("BOOLEAN", {"default": False, "tooltip": BINARY_TOOLTIP}),
+            },
         }
 
     def segment(self, model: comfy.ManagedModel, image: torch.Tensor, resolution: str, width: int, height: int,
                 long_side: int, batch_size: int, mask_threshold: float, background: str, background_color: str,
-                foreground: str = "blur_fusion"):
+                foreground: str = "blur_fusion", binary_mask: bool = False):
         if background not in BACKGROUNDS:
             raise ValueError(f"background must be one of {', '.join(BACKGROUNDS)}, got {background!r}")
         parse_color(background_color)  # a bad colour fails before the model runs
         size = resolution_for(model, resolution, width, height, long_side)
-        predictor = Predictor(model.ready(), resolution=size, batch_size=batch_size)
+        predictor = Predictor(model.ready(), resolution=size, batch_size=batch_size, binary=binary_mask)
         pixels = comfy_pixels(image)
         report = comfy.progress_reporter(int(pixels.shape[0]), "segment")
         out = torch.empty(pixels.shape[0], *pixels.shape[2:], dtype=torch.float32)  # CPU, written per chunk

@@ -23,3 +23,15 @@ def load_make_weights():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.make_weights
+
+
+FOCUS_REFERENCE = REFERENCE / "focus"
+
+
+def load_focus_npz(name):
+    """``{key: torch.Tensor}`` of ``<reference>/focus/<name>`` (the FOCUS conformance data)."""
+    import numpy as np
+    import torch
+
+    with np.load(FOCUS_REFERENCE / name) as data:
+        return {key: torch.from_numpy(data[key]) for key in data.files}

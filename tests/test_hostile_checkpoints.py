@@ -424,3 +424,111 @@ def test_pretrained_backbone_weights_with_nan_are_refused(tmp_path):
     save_file(weights, bad)
     with pytest.raises(ValueError, match=r"nan_backbone.safetensors: tensor 'patch_embed1.proj.weight' has 1 NaN"):
         load_backbone_weights(build_model("pvt_v2_b0"), str(bad))
+
+
+# ----------------------------------------------------------- 10: FOCUS and detectron2 checkpoints
+
+@pytest.fixture(scope="module")
+def focus_sd():
+    """The inference weights of a small FOCUS (width 128, depth 4), real values."""
+    from birefnet_core.models.focus import FocusConfig, build_focus
+    from reference import load_make_weights
+
+    model = build_focus(FocusConfig(width=128, depth=4, ffn_hidden=256, adapter_heads=4))
+    return load_make_weights()(model.state_dict(), seed=5)
+
+
+def detectron2(model_sd, **extra):
+    return {"model": model_sd, "optimizer": {"state": {0: {"exp_avg": torch.randn(1000)}}, "param_groups": []},
+            "scheduler": {"base_lrs": [1e-4], "last_epoch": 3}, "iteration": 3, **extra}
+
+
+def test_a_truncated_detectron2_checkpoint_says_so(tmp_path, focus_sd):
+    whole = tmp_path / "whole.pth"
+    torch.save(detectron2({**focus_sd, "criterion.empty_weight": torch.ones(3)}), whole)
+    data = whole.read_bytes()
+    for fraction in (0.1, 0.5, 0.99):
+        path = write(tmp_path, f"cut{fraction}.pth", data[: int(len(data) * fraction)])
+        for attempt in (lambda: read_state_dict(path), lambda: load_model(path, device="cpu")):
+            assert refused(attempt).startswith(f"{path} is truncated"), fraction
+
+
+def test_a_detectron2_checkpoint_whose_pickle_needs_code_runs_nothing(tmp_path, focus_sd):
+    from birefnet_core.convert import convert_file
+
+    marker = tmp_path / "marker"
+
+    class Config:  # detectron2 could pickle a config object beside the weights: unpickling it imports code
+        def __reduce__(self):
+            return exec, (f"open({str(marker)!r}, 'w').write('code ran')",)
+
+    path = tmp_path / "with_cfg.pth"
+    torch.save(detectron2(focus_sd, cfg=Config()), path)
+    for attempt in (lambda: read_state_dict(path), lambda: load_model(path, device="cpu"),
+                    lambda: convert_file(path, tmp_path / "out.safetensors")):
+        assert refused(attempt).startswith(f"{path} contains pickled Python objects, not just tensors; refusing to "
+                                           "run code")
+    assert not marker.exists() and not (tmp_path / "out.safetensors").exists()
+
+
+def _mask2former(backbone_keys):
+    """The layout of a detectron2 Mask2Former checkpoint (100 queries) with the given backbone."""
+    sd = {k: torch.zeros(4) for k in backbone_keys}
+    sd.update({"sem_seg_head.pixel_decoder.adapter_1.weight": torch.zeros(256, 256, 1, 1),
+               "sem_seg_head.predictor.query_feat.weight": torch.zeros(100, 256),
+               "sem_seg_head.predictor.class_embed.weight": torch.zeros(134, 256),
+               "criterion.empty_weight": torch.ones(134)})
+    return sd
+
+
+@pytest.mark.parametrize("backbone_keys, says", [
+    (["backbone.stem.conv1.weight", "backbone.res2.0.conv1.weight"], "with a ResNet backbone, 100 queries"),
+    (["backbone.patch_embed.proj.weight", "backbone.layers.0.blocks.0.norm1.weight"],
+     "with a Swin Transformer backbone, 100 queries"),
+    (["backbone.pos_embed", "backbone.blocks.0.norm1.weight"],
+     "with a ViT backbone (without FOCUS's edge branch), 100 queries"),
+])
+def test_a_detectron2_checkpoint_of_another_model_is_described(tmp_path, backbone_keys, says):
+    from birefnet_core.convert import convert_file
+
+    path = tmp_path / "mask2former.pth"
+    torch.save(detectron2(_mask2former(backbone_keys)), path)
+    for attempt in (lambda: load_model(path, device="cpu"), lambda: convert_file(path, tmp_path / "o.safetensors")):
+        message = refused(attempt)
+        assert message.startswith("not a BiRefNet or FOCUS checkpoint: this looks like a detectron2 Mask2Former / "
+                                  f"MaskFormer checkpoint {says}, not BiRefNet or FOCUS ("), message
+    sd = {"roi_heads.box_predictor.cls_score.weight": torch.zeros(2),
+          "backbone.bottom_up.stem.conv1.weight": torch.zeros(2)}
+    assert "a detectron2 detection checkpoint" in refused(lambda: load_model(sd, device="cpu"))
+
+
+def test_weights_are_checked_for_nan_only_where_inference_reads_them(tmp_path, focus_sd):
+    from birefnet_core.models.focus.checkpoint import inference_state_dict
+
+    nan = torch.full((4, 4), float("nan"))
+    fine = tmp_path / "nan_in_training_only.pth"
+    torch.save(detectron2({**focus_sd, "sem_seg_head.predictor.clip_refiner.w": nan}), fine)
+    model = load_model(fine, device="cpu")
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in focus_sd.items())
+
+    key = "sem_seg_head.predictor.query_feat.weight"
+    broken = dict(focus_sd)
+    broken[key] = broken[key].clone()
+    broken[key][0, :3] = float("nan")
+    path = tmp_path / "nan.pth"
+    torch.save(detectron2(broken), path)
+    assert refused(lambda: load_model(path, device="cpu")) == (
+        f"{path}: tensor '{key}' has 3 NaN/infinite values; the checkpoint is corrupt (re-download or re-export it)")
+    twice = {**focus_sd, "sem_seg_head.predictor.static_query.weight": focus_sd[key]}
+    assert "old and current names" in refused(lambda: load_model(twice, device="cpu"))
+    assert "old and current names" in refused(lambda: inference_state_dict(twice))
+
+
+def test_a_focus_checkpoint_missing_a_tensor_or_with_one_of_another_shape(focus_sd):
+    key = "backbone.interactions.1.injector.attn.value_proj.weight"
+    missing = {k: v for k, v in focus_sd.items() if k != key}
+    assert refused(lambda: load_model(missing, device="cpu")).startswith("not a usable FOCUS checkpoint: ")
+    assert key in refused(lambda: load_model(missing, device="cpu"))
+    reshaped = {**focus_sd, key: torch.zeros(64, 129)}
+    message = refused(lambda: load_model(reshaped, device="cpu"))
+    assert message.startswith("not a usable FOCUS checkpoint: ") and key in message and "[64, 129]" in message

@@ -74,15 +74,24 @@ def test_unknown_name_lists_close_matches():
 
 
 def test_every_registry_entry_is_complete_and_consistent():
+    from birefnet_core.models.families import get_family
+
     names = [v.name.lower() for v in registry.VARIANTS]
     assert len(names) == len(set(names))
+    assert {v.family for v in registry.VARIANTS} == {"birefnet", "focus"}
     for v in registry.VARIANTS:
-        assert v.backbone in BACKBONES, v
-        assert v.width % 32 == 0 and v.height % 32 == 0, v
-        assert isinstance(v.patch_order, PatchOrder), v
-        assert v.licence in ("MIT", "CC BY-NC 4.0") and v.description, v
-        assert v.url == f"https://huggingface.co/{v.repo_id}/resolve/main/model.safetensors"
+        assert v.backbone in get_family(v.family).architectures(), v
+        assert v.width % 32 == 0 and v.height % 32 == 0 and v.description, v
         assert v.repo_id.split("/")[1] == v.name
+        assert v.url == f"https://huggingface.co/{v.repo_id}/resolve/main/{v.filename}"
+        if v.family == "birefnet":
+            assert v.backbone in BACKBONES and v.task == "" and v.max_side is None, v
+            assert isinstance(v.patch_order, PatchOrder), v
+            assert v.licence in ("MIT", "CC BY-NC 4.0"), v
+            assert v.filename == "model.safetensors"
+        else:  # the FOCUS entries: see tests/test_focus_loading.py
+            assert v.patch_order is None and v.licence == "Apache-2.0" and v.task, v
+            assert v.filename == f"{v.name}.pth" and v.max_side == 2048 and v.resolution == (512, 512), v
         if v.size_range:
             assert all(s % 32 == 0 for s in v.size_range)
     by = registry.get_variant
@@ -92,7 +101,7 @@ def test_every_registry_entry_is_complete_and_consistent():
     assert by("BiRefNet").patch_order is PatchOrder.LEGACY and by("BiRefNet_HR").patch_order is PatchOrder.CURRENT
     rmbg = by("RMBG-2.0")
     assert rmbg.gated and rmbg.licence == "CC BY-NC 4.0" and "HF_TOKEN" in rmbg.description
-    assert all(not v.gated and v.licence == "MIT" for v in registry.VARIANTS if v is not rmbg)
+    assert all(not v.gated and v.licence == "MIT" for v in registry.VARIANTS if v is not rmbg and v.family == "birefnet")
 
 
 # ------------------------------------------------------------------------------------ reading
@@ -402,6 +411,6 @@ def test_core_imports_without_huggingface_hub_or_transformers():
 
 
 def test_every_torch_load_is_weights_only():
-    for name in ("checkpoint.py", "hub.py", "registry.py"):
+    for name in ("checkpoint.py", "hub.py", "registry.py", "convert.py", "models/focus/checkpoint.py"):
         text = (REPO / "birefnet_core" / name).read_text()
         assert text.count("torch.load(") == text.count("weights_only=True)"), name

@@ -63,8 +63,27 @@ def test_readme_model_table_matches_the_registry():
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
         table[cells[0].strip("`")] = cells
-    assert set(table) == {v.name for v in VARIANTS}
+    assert set(table) == {v.name for v in VARIANTS if v.family == "birefnet"}
     for v in VARIANTS:
+        if v.family != "birefnet":
+            continue
         name, repo, backbone, resolution, order, licence = table[v.name]
         assert (repo, backbone, order) == (v.repo_id, v.backbone, v.patch_order.value)
         assert resolution.startswith(f"{v.width}×{v.height}") and licence.startswith(v.licence)
+
+
+def test_readme_focus_table_matches_the_registry():
+    from birefnet_core.registry import VARIANTS
+
+    lines = (REPO / "README.md").read_text().splitlines()
+    start = lines.index("| name | repo | architecture | task | the mask marks | licence |") + 2
+    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("|"))
+    table = {}
+    for row in lines[start:end]:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        table[cells[0].strip("`")] = cells
+    focus = [v for v in VARIANTS if v.family == "focus"]
+    assert len(focus) == 10 and set(table) == {v.name for v in focus}
+    for v in focus:
+        name, repo, architecture, task, _, licence = table[v.name]
+        assert (repo, architecture, task, licence) == (v.repo_id, v.backbone, v.task, v.licence)

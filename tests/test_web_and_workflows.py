@@ -100,7 +100,8 @@ def _is_widget(spec):
 
 
 def _node_spec(pack, node_type):
-    """(link inputs {name: type}, widget inputs [(name, spec)], output types) of a node type."""
+    """(link inputs {name: type}, widget inputs [(name, spec)] (required, then optional ones: the
+    frontend shows and saves both), output types) of a node type."""
     if node_type in CORE_NODES:
         core = CORE_NODES[node_type]
         return core["inputs"], [(name, None) for name in core["widgets"]], core["outputs"]
@@ -109,7 +110,7 @@ def _node_spec(pack, node_type):
     required, optional = inputs["required"], inputs.get("optional", {})
     # optional link inputs are listed in a saved node's inputs too (unconnected: link None)
     links = {name: spec[0] for name, spec in {**required, **optional}.items() if not _is_widget(spec)}
-    widgets = [(name, spec) for name, spec in required.items() if _is_widget(spec)]
+    widgets = [(name, spec) for name, spec in {**required, **optional}.items() if _is_widget(spec)]
     return links, widgets, list(cls.RETURN_TYPES)
 
 
@@ -161,6 +162,10 @@ def test_example_workflow_is_valid(pack, path):
         if isinstance(values, dict):  # VideoHelperSuite's format: every widget by name
             assert set(names) <= set(values), f"{node['type']} widgets_values lacks {set(names) - set(values)}"
             values = [values[name] for name in names]
+        if node["type"] in pack.NODE_CLASS_MAPPINGS:  # saved before an optional widget existed: values end early
+            cls = pack.NODE_CLASS_MAPPINGS[node["type"]]
+            required = sum(_is_widget(spec) for spec in cls.INPUT_TYPES()["required"].values())
+            names, widgets = names[:max(required, len(values))], widgets[:max(required, len(values))]
         assert len(values) == len(names), f"{node['type']} widgets_values {values} for widgets {names}"
         if node["type"] in pack.NODE_CLASS_MAPPINGS:
             cls = pack.NODE_CLASS_MAPPINGS[node["type"]]
