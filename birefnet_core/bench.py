@@ -799,8 +799,73 @@ def bench_gpu(args: argparse.Namespace) -> int:
     return 0
 
 
+def _focus_photo(height: int, width: int, seed: int):
+    """A synthetic photo (uint8 [H, W, 3]): a lit disc with a soft cast shadow on a textured floor."""
+    import numpy as np
+
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, height), torch.linspace(0, 1, width), indexing="ij")
+    floor = torch.stack([0.55 + 0.2 * xx, 0.5 + 0.1 * yy, 0.4 + 0.1 * xx * yy], -1)
+    shadow = torch.exp(-(((yy - 0.62) / 0.12) ** 2 + ((xx - 0.58) / 0.25) ** 2))[..., None]
+    disc = ((((yy - 0.42) / 0.18) ** 2 + ((xx - 0.45) / 0.14) ** 2) < 1).float()[..., None]
+    image = floor * (1 - 0.6 * shadow) * (1 - disc) + disc * torch.tensor([0.8, 0.25, 0.2])
+    image = image + 0.06 * torch.rand(height, width, 3, generator=g)
+    return np.ascontiguousarray((image.clamp(0, 1) * 255).round().to(torch.uint8).numpy())
+
+
+def bench_focus_resize(args: argparse.Namespace) -> None:
+    """How far the Predictor's on-device resize (torch bilinear, antialiased, rounded to levels)
+    moves FOCUS's output from the official pipeline (PIL bilinear on the uint8 image), same
+    network and post-processing otherwise; weights from ``--weights`` or seeded random ones."""
+    import numpy as np
+    import torch.nn.functional as F
+    from PIL import Image
+
+    from .checkpoint import load_model
+    from .inference import FOCUS_PIXEL_MEAN, FOCUS_PIXEL_STD, FOCUS_SIZE_DIVISIBILITY, FOCUS_RESOLUTION, Predictor
+    from .models import build_model
+    from .models.focus import mask_of_interest
+
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.weights:
+        model = load_model(Path(args.weights), device=device, dtype="float32")
+        what = args.weights
+    else:
+        torch.manual_seed(0)
+        model = build_model(args.model).to(device)
+        what = f"{args.model}, seeded random weights"
+    print(f"FOCUS {what} on {device}: {machine_description(device)}")
+    rule = FOCUS_RESOLUTION
+    for size in args.sizes:
+        height, width = _frame_size(size)
+        photo = _focus_photo(height, width, seed=args.seed)
+        nh, nw = rule.size_for(height, width)
+        resized = np.array(Image.fromarray(photo).resize((nw, nh), Image.BILINEAR))
+        x = torch.from_numpy(resized).permute(2, 0, 1)[None].float()
+        x = (x - torch.tensor(FOCUS_PIXEL_MEAN).view(1, 3, 1, 1)) / torch.tensor(FOCUS_PIXEL_STD).view(1, 3, 1, 1)
+        x = F.pad(x, (0, -nw % FOCUS_SIZE_DIVISIBILITY, 0, -nh % FOCUS_SIZE_DIVISIBILITY)).to(device)
+        with torch.inference_mode():
+            out = model(x)
+        soft_ref, hard_ref = mask_of_interest(out.class_logits.float(), out.mask_logits.float(), tuple(x.shape[-2:]),
+                                              (nh, nw), (height, width))
+        batch = torch.from_numpy(photo)[None]
+        soft = Predictor(model).predict(batch, layout="BHWC")[0].to(device)
+        hard = Predictor(model, binary=True).predict(batch, layout="BHWC")[0].to(device)
+        levels = Predictor(model).preprocess(batch.permute(0, 3, 1, 2).float().div(255).to(device))[0]
+        levels = levels[0, :, :nh, :nw] * torch.tensor(FOCUS_PIXEL_STD, device=device).view(3, 1, 1) \
+            + torch.tensor(FOCUS_PIXEL_MEAN, device=device).view(3, 1, 1)
+        level_diff = (levels.round() - torch.from_numpy(resized).permute(2, 0, 1).to(device)).abs()
+        d = (soft - soft_ref[0].clamp(0, 1)).abs()
+        print(f"{width}x{height} -> {nw}x{nh}: input levels differ on {float((level_diff > 0).float().mean()):.1%} "
+              f"of values (max {float(level_diff.max()):.0f}); soft map |d| max {float(d.max()):.4f} mean "
+              f"{float(d.mean()):.5f}; binary mask differs on {float((hard != hard_ref[0]).float().mean()):.3%} of "
+              "pixels")
+
+
 BENCHMARKS = {"deform": bench_deform, "model": bench_model, "matting": bench_matting,
-              "video": bench_video, "gpu": bench_gpu}
+              "video": bench_video, "gpu": bench_gpu, "focus-resize": bench_focus_resize}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -819,6 +884,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--size", default=None,
                        help="N (square) or WxH, multiples of 32 (default 1024; FOCUS 704x512)")
     model.add_argument("--dtype", default="auto", help="auto, float32, float16 or bfloat16")
+
+    focus_resize = benchmarks.add_parser("focus-resize", help="FOCUS: how far the on-device resize moves the "
+                                                               "output from the official PIL pipeline")
+    focus_resize.add_argument("--model", default="focus_dinov2_l", help="FOCUS architecture (default focus_dinov2_l)")
+    focus_resize.add_argument("--weights", default=None, help="a FOCUS checkpoint (default: seeded random weights)")
+    focus_resize.add_argument("--sizes", nargs="+", default=["800x600", "4000x3000"],
+                              help="synthetic photo sizes WxH (default 800x600 4000x3000)")
+    focus_resize.add_argument("--seed", type=int, default=0, help="synthetic photo seed")
+    focus_resize.add_argument("--device", default=default_device, help=f"torch device (default {default_device})")
+    focus_resize.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
 
     matting = benchmarks.add_parser("matting", help="matte refinement: quality on a synthetic scene, speed, memory")
     matting.add_argument("--size", type=int, default=1024, help="synthetic scene side for the quality figures")

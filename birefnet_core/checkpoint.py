@@ -436,12 +436,8 @@ def identify(sd: Mapping[str, torch.Tensor]) -> Identified:
 
 
 def describe_architecture(family: Family, architecture: Any) -> str:
-    """A short name for ``architecture``: its name, else (a configuration object) "custom" and
-    its main sizes."""
-    if isinstance(architecture, str):
-        return architecture
-    sizes = [f"{field} {getattr(architecture, field)}" for field in ("width", "depth") if hasattr(architecture, field)]
-    return f"custom {family.name} ({', '.join(sizes)})" if sizes else family.describe(architecture)
+    """A short name for ``architecture`` (see :meth:`Family.describe`)."""
+    return family.describe(architecture)
 
 
 # --------------------------------------------------------------------------------------- loading

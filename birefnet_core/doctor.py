@@ -1,6 +1,7 @@
 """``python -m birefnet_core doctor``: what this machine runs, in one screen for a bug report.
 
-Sections: versions, CPU, devices, the deformable convolution's backend per device and dtype,
+Sections: versions, CPU, devices, the deformable convolution's and the multi-scale deformable
+attention's backend per device and dtype,
 the dtype policy, the models folder and, with ``--check``, a small BiRefNet run on every device
 in every dtype against a float64 reference on the CPU. Nothing is downloaded and no file is
 read beyond safetensors headers; the report takes seconds on a CPU.
@@ -264,6 +265,22 @@ def collect_deform(devices: Sequence[str]) -> List[DeformRow]:
     return [deform_dispatch(torch.device(d), dtype) for d in devices for dtype in DTYPES]
 
 
+def msda_dispatch(device: torch.device, dtype: torch.dtype) -> DeformRow:
+    """The multi-scale deformable attention's backend choice and self-checks (FOCUS)."""
+    from .ops.msda import backend_statuses, select_backend
+
+    try:
+        torch.zeros(1, device=device, dtype=dtype)
+        chosen = select_backend(device, dtype).name
+        return DeformRow(str(device), _dtype_name(dtype), chosen, backend_statuses(device, dtype))
+    except Exception as exc:  # noqa: BLE001 - e.g. no bfloat16 on an older MPS, a bad BIREFNET_MSDA_BACKEND
+        return DeformRow(str(device), _dtype_name(dtype), None, {}, one_line(exc))
+
+
+def collect_msda(devices: Sequence[str]) -> List[DeformRow]:
+    return [msda_dispatch(torch.device(d), dtype) for d in devices for dtype in DTYPES]
+
+
 # ---------------------------------------------------------------------------------- dtype policy
 
 @dataclass
@@ -309,7 +326,8 @@ class ModelFile:
 
     name: str
     size: Optional[int]  # bytes
-    backbone: Optional[str] = None
+    backbone: Optional[str] = None  # the architecture: a BiRefNet backbone or a FOCUS size
+    family: Optional[str] = None  # "birefnet" or "focus"
     patch_order: Optional[str] = None
     patch_order_source: Optional[str] = None
     registry: Optional[str] = None  # the registry entry its name matches
@@ -326,7 +344,7 @@ class ModelsInfo:
 
 def inspect_weights(path: Path) -> ModelFile:
     """What :func:`birefnet_core.load_model` would find in ``path``, from the header alone."""
-    from .checkpoint import peek_backbone, read_metadata
+    from .checkpoint import peek_architecture, read_metadata
     from .files import PARTIAL
     from .hub import safetensors_problem
     from .registry import find_variant
@@ -348,16 +366,20 @@ def inspect_weights(path: Path) -> ModelFile:
     if problem:
         entry.problem = f"unreadable: {problem}"
         return entry
-    entry.backbone = peek_backbone(path)
-    if entry.backbone is None:
-        entry.problem = "not a BiRefNet checkpoint"
+    found = peek_architecture(path)
+    if found is None:
+        entry.problem = "not a BiRefNet or FOCUS checkpoint"
         return entry
+    family, architecture = found
+    entry.family, entry.backbone = family.name, family.describe(architecture)
     variant = find_variant(path.stem)
     if variant is not None and variant.backbone == entry.backbone:
         entry.registry = variant.name
     elif variant is not None:  # load_model(name) refuses such a file, load_model(path) ignores its name
         entry.problem = (f"named like registry entry {variant.name} ({variant.backbone}): loading it by that name "
                          "fails; rename the file")
+    if family.name != "birefnet":
+        return entry
     # load_model's order of precedence with patch_order "auto": the header, the name, legacy
     recorded = read_metadata(path).get("birefnet.patch_order")
     if recorded:
@@ -516,6 +538,7 @@ class Report:
     cpu: Optional[CpuInfo] = None
     devices: Optional[DevicesInfo] = None
     deform: Optional[List[DeformRow]] = None
+    msda: Optional[List[DeformRow]] = None
     dtype_policy: Optional[List[DtypePolicy]] = None
     models: Optional[ModelsInfo] = None
     check: Optional[List[CheckRow]] = None
@@ -539,6 +562,8 @@ def _collect_section(report: Report, name: str, models_dir: Optional[str]) -> No
         report.devices = collect_devices()
     elif name == "deform":
         report.deform = collect_deform([d.name for d in report.devices.devices if not d.error])
+    elif name == "msda":
+        report.msda = collect_msda([d.name for d in report.devices.devices if not d.error])
     elif name == "dtype_policy":
         report.dtype_policy = collect_dtype_policy(report.devices)
     elif name == "models":
@@ -619,7 +644,8 @@ def _format_models(models: ModelsInfo) -> List[str]:
         if not f.backbone:
             what = f.problem or "?"
         else:
-            what = f"{f.backbone}, patch order {f.patch_order} ({f.patch_order_source})"
+            what = (f"{f.backbone}, patch order {f.patch_order} ({f.patch_order_source})" if f.patch_order
+                    else f"FOCUS {f.backbone}")
             what += f", registry {f.registry}" if f.registry else ""
             what += f"; {f.problem}" if f.problem else ""
         lines.append(f"{f.name:<{width}}  {_size(f.size):>10}  {what}")
@@ -645,6 +671,7 @@ SECTIONS = {
     "devices": ("Devices", _format_devices),
     "deform": (f"Deformable convolution: backend per device and dtype (decoder shape {list(DECODER_INPUT)} -> "
                f"{DECODER_OUT_CHANNELS} channels, {DECODER_KERNEL}x{DECODER_KERNEL})", _format_deform),
+    "msda": ("Multi-scale deformable attention (FOCUS): backend per device and dtype", _format_deform),
     "dtype_policy": ("dtype policy", _format_dtype_policy),
     "models": ("Models", _format_models),
     "check": (f"Check (seeded {CHECK_BACKBONE} BiRefNet, input {list(CHECK_INPUT)}): |probability - float64 on cpu|, "

@@ -2,6 +2,7 @@
 and the warning for half precision on a CPU that only emulates it."""
 
 import contextlib
+import importlib.util
 import io
 import json
 import logging
@@ -14,7 +15,8 @@ import torch
 from birefnet_core import doctor, inference
 from birefnet_core.__main__ import main
 
-TITLES = ("Versions", "CPU", "Devices", "Deformable convolution", "dtype policy", "Models", "Check")
+TITLES = ("Versions", "CPU", "Devices", "Deformable convolution", "Multi-scale deformable attention", "dtype policy",
+          "Models", "Check")
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +29,14 @@ def models_dir(tiny_checkpoint, tmp_path_factory):
     (folder / "x.safetensors").write_text("not a checkpoint\n")
     (folder / "old.pth").write_bytes(b"\x80\x04K\x01.")
     (folder / "notes.txt").write_text("not a weights file\n")
+    if importlib.util.find_spec("cv2") is not None:  # a small FOCUS, in bfloat16 to keep the file small
+        from safetensors.torch import save_file
+
+        from birefnet_core.models import build_model
+        from birefnet_core.models.focus import FocusConfig
+
+        focus = build_model(FocusConfig(width=128, depth=4, ffn_hidden=256, adapter_heads=4)).to(torch.bfloat16)
+        save_file({k: v.contiguous() for k, v in focus.state_dict().items()}, str(folder / "small_focus.safetensors"))
     return folder
 
 
@@ -64,7 +74,12 @@ def test_models_section_reads_headers_only(doctor_run, models_dir):
     _, text, report = doctor_run
     assert str(models_dir) in text and "--models-dir" in text
     files = {f["name"]: f for f in report["models"]["files"]}
-    assert set(files) == {"tiny.safetensors", "BiRefNet_lite.safetensors", "x.safetensors", "old.pth"}
+    focus = {"small_focus.safetensors"} if importlib.util.find_spec("cv2") is not None else set()
+    assert set(files) == {"tiny.safetensors", "BiRefNet_lite.safetensors", "x.safetensors", "old.pth"} | focus
+    if focus:
+        assert files["small_focus.safetensors"]["family"] == "focus" and files["small_focus.safetensors"]["problem"] is None
+        assert re.search(r"^  small_focus\.safetensors .* FOCUS custom focus \(width 128, depth 4\)$", text, re.M)
+    assert files["tiny.safetensors"]["family"] == "birefnet"
     assert files["tiny.safetensors"]["backbone"] == "pvt_v2_b0" and files["tiny.safetensors"]["problem"] is None
     assert files["x.safetensors"]["problem"].startswith("unreadable")
     assert files["old.pth"]["problem"] == "not inspected: pickle"
@@ -75,7 +90,8 @@ def test_models_section_reads_headers_only(doctor_run, models_dir):
 
 def test_json_holds_every_section(doctor_run):
     _, _, report = doctor_run
-    assert set(report) == {"versions", "cpu", "devices", "deform", "dtype_policy", "models", "check"}
+    assert set(report) == {"versions", "cpu", "devices", "deform", "msda", "dtype_policy", "models", "check"}
+    assert {(r["device"], r["dtype"], r["chosen"]) for r in report["msda"]} >= {("cpu", "float32", "portable")}
     assert report["versions"]["torch"] == torch.__version__
     rows = {(r["device"], r["dtype"]): r for r in report["check"]}
     assert rows["cpu", "float32"]["status"] == "ok" and rows["cpu", "float32"]["max_diff"] < 1e-3

@@ -229,3 +229,18 @@ def test_nodes_run_focus_unchanged(pack, focus_file, tmp_path, monkeypatch):
     video = nodes["BiRefNetVideoMatte"]().matte(managed, frames, 2, "keep_aspect", 64, 64, 96, "off", 0.5, "none",
                                                 "#ffffff", node_id="focus-test")
     assert float((video[0] - direct).abs().max()) < 1e-4
+
+
+def test_bench_focus_resize_reports_the_difference(capsys):
+    import argparse
+    import re
+
+    from birefnet_core import bench
+
+    bench.bench_focus_resize(argparse.Namespace(model=SMALL, weights=None, sizes=["96x64"], seed=0, device="cpu",
+                                                threads=0))
+    line = capsys.readouterr().out.splitlines()[-1]
+    match = re.fullmatch(r"96x64 -> 768x512: input levels differ on ([\d.]+)% of values \(max (\d+)\); soft map \|d\| "
+                         r"max ([\d.]+) mean ([\d.]+); binary mask differs on ([\d.]+)% of pixels", line)
+    assert match, line
+    assert int(match.group(2)) <= 2 and float(match.group(3)) < 0.5

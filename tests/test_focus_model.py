@@ -249,15 +249,17 @@ def test_sizes_that_are_not_positive_multiples_of_32_are_refused(small, shape):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_runs_and_stays_close(small, dtype):
-    x = normalised_images(1, 96, 128)
+    x = normalised_images(1, 64, 96)
     with torch.no_grad():
         want = small(x)
         out = small.to(dtype)(x)  # x stays float32: the edge input is computed from it
         small.to(torch.float32)
     assert out.mask_logits.dtype == dtype
     assert torch.isfinite(out.mask_logits).all() and torch.isfinite(out.class_logits).all()
-    scale = want.mask_logits.abs().max()
-    assert (out.mask_logits.float() - want.mask_logits).abs().max() < 0.25 * scale
+    scale = want.mask_logits.abs().max().item()  # ~8; measured: bf16 max 0.37, mean 0.10; fp16 0.22, 0.05
+    error = (out.mask_logits.float() - want.mask_logits).abs()
+    assert error.max().item() < 0.1 * scale and error.mean().item() < 0.03 * scale
+    assert (out.class_logits.float() - want.class_logits).abs().max().item() < 0.1
 
 
 def test_dwconv_packing_equals_three_separate_convolutions():

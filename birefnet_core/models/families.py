@@ -39,7 +39,14 @@ class Family:
         return getattr(importlib.import_module(module, package=__package__), name)
 
     def describe(self, architecture: Any) -> str:
-        return str(getattr(architecture, "name", architecture))
+        """A short name: the architecture's name, else (a configuration of another size)
+        "custom <family>" with its main sizes."""
+        if isinstance(architecture, str):
+            return architecture
+        if getattr(architecture, "name", ""):
+            return architecture.name
+        sizes = [f"{field} {getattr(architecture, field)}" for field in ("width", "depth") if hasattr(architecture, field)]
+        return f"custom {self.name} ({', '.join(sizes)})" if sizes else str(architecture)
 
 
 # ------------------------------------------------------------------------------------ BiRefNet
@@ -147,9 +154,8 @@ def describe_model(model: nn.Module) -> str:
     named = f" ({variant.name})" if variant is not None else ""
     if family.name == "birefnet":
         return f"BiRefNet {model.config.backbone}{named}, patch order {model.patch_order.value}"
-    config = getattr(model, "config", None)
     task = f", task {variant.task}" if variant is not None and getattr(variant, "task", "") else ""
-    return f"{family.title} {getattr(config, 'name', None) or 'custom size'}{named}{task}"
+    return f"{family.title} {family.describe(model.config)}{named}{task}"
 
 
 def architecture_names() -> Tuple[str, ...]:
