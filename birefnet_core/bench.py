@@ -858,7 +858,7 @@ def bench_focus_resize(args: argparse.Namespace) -> None:
             + torch.tensor(FOCUS_PIXEL_MEAN, device=device).view(3, 1, 1)
         level_diff = (levels.round() - torch.from_numpy(resized).permute(2, 0, 1).to(device)).abs()
         d = (soft - soft_ref[0].clamp(0, 1)).abs()
-        print(f"{width}x{height} -> {nw}x{nh}: input levels differ on {float((level_diff > 0).float().mean()):.1%} "
+        print(f"{width}x{height} -> {nw}x{nh}: input levels differ on {float((level_diff > 0).float().mean()):.3%} "
               f"of values (max {float(level_diff.max()):.0f}); soft map |d| max {float(d.max()):.4f} mean "
               f"{float(d.mean()):.5f}; binary mask differs on {float((hard != hard_ref[0]).float().mean()):.3%} of "
               "pixels")

@@ -329,9 +329,11 @@ class FocusPipeline:
     32, the network, then the official post-processing: the mask logits upsampled to the padded
     size, cropped to the resized image, resized to the input size, the two queries merged.
 
-    Differences from the official pipeline: the resize runs on the device with torch's bilinear
-    filter (antialiased when shrinking, as PIL's), not PIL on the uint8 image; see the README for
-    how far that moves the output. ``resolution`` other than native: "WxH" resizes to exactly
+    Differences from the official pipeline: the resize runs on the device (:meth:`resize`, PIL's
+    bilinear filter in float, rounded to levels after each pass) instead of in PIL; see
+    ``python -m birefnet_core bench focus-resize`` for how far that moves the output. The soft
+    map (the official ``sem_seg[0]``, a sum over both queries) is clamped to 0..1. ``resolution``
+    other than native: "WxH" resizes to exactly
     that (then pads), "keep:N" keeps the aspect ratio with the long side N, "short:N[:M]" is the
     official rule with other sizes.
     """
@@ -351,7 +353,8 @@ class FocusPipeline:
     def preprocess(self, images: torch.Tensor, dtype: torch.dtype) -> Tuple[torch.Tensor, Tuple[int, int]]:
         """float [B, 3, H, W] 0..1 -> (normalised padded float32 input, resized size)."""
         size = self.network_size(images.shape[-2], images.shape[-1])
-        x = self.resize(images * 255.0, size).round_().clamp_(0.0, 255.0)  # the official network sees integer levels
+        # the official pipeline resizes the uint8 image: the network sees integer levels
+        x = self.resize((images * 255.0).add_(0.5).floor_(), size)
         mean = torch.tensor(FOCUS_PIXEL_MEAN, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(FOCUS_PIXEL_STD, device=x.device).view(1, 3, 1, 1)
         x = (x - mean) / std
@@ -364,11 +367,19 @@ class FocusPipeline:
 
     @staticmethod
     def resize(levels: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-        """[B, 3, H, W] on the 0..255 scale -> ``size``; bilinear, averaging over the source when
-        shrinking, as PIL's bilinear resize does."""
-        if tuple(levels.shape[-2:]) == tuple(size):
-            return levels
-        return F.interpolate(levels, size=size, mode="bilinear", align_corners=False, antialias=True)
+        """[B, 3, H, W] 8-bit levels (0..255, integers) -> ``size``, as PIL resizes a uint8 image
+        with its bilinear filter: the width first, then the height, each pass averaging over the
+        source when shrinking (torch's antialiased filter is PIL's) and rounded to levels (PIL
+        keeps its intermediate image in uint8). Matches PIL on all but ~0.03 % of values (by one
+        level: PIL's fixed-point coefficients)."""
+        x = levels
+        if x.shape[-1] != size[1]:
+            x = F.interpolate(x, size=(x.shape[-2], size[1]), mode="bilinear", align_corners=False, antialias=True)
+            x = x.add_(0.5).floor_().clamp_(0.0, 255.0)
+        if x.shape[-2] != size[0]:
+            x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
+            x = x.add_(0.5).floor_().clamp_(0.0, 255.0)
+        return x
 
     def probabilities(self, images: torch.Tensor, dtype: torch.dtype, binary: bool) -> torch.Tensor:
         from .models.focus import mask_of_interest

@@ -91,8 +91,8 @@ def test_resize_shortest_edge_rule(h, w, expected):
 
 
 def test_predictor_input_is_the_official_one_up_to_the_resize(model):
-    """Same size, same normalisation, same padding; the device resize lands within one 8-bit
-    level of PIL's on almost every pixel."""
+    """Same size, same normalisation, same padding; the device resize equals PIL's on all but a
+    few values (by one level), enlarging and shrinking."""
     image = photo(150, 200)
     predictor = Predictor(model)
     x, size = predictor.preprocess(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255)
@@ -101,14 +101,14 @@ def test_predictor_input_is_the_official_one_up_to_the_resize(model):
     resized = official_resize(image, 512, 2048)
     levels = x[0, :, :, :683] * torch.tensor(FOCUS_PIXEL_STD).view(3, 1, 1) + torch.tensor(FOCUS_PIXEL_MEAN).view(3, 1, 1)
     diff = (levels.round() - torch.from_numpy(resized).permute(2, 0, 1).float()).abs()
-    assert float(diff.max()) <= 2 and float((diff > 1).float().mean()) < 0.01, float(diff.mean())
+    assert float(diff.max()) <= 1 and float((diff > 0).float().mean()) < 0.001, float((diff > 0).float().mean())
     # shrinking: both filters average over the source (antialiased), not 4-tap sampling
     big = photo(1200, 1600, seed=1)
     x, size = predictor.preprocess(torch.from_numpy(big).permute(2, 0, 1)[None].float() / 255)
     resized = official_resize(big, 512, 2048)
     levels = x[0, :, :, :size[1]] * torch.tensor(FOCUS_PIXEL_STD).view(3, 1, 1) + torch.tensor(FOCUS_PIXEL_MEAN).view(3, 1, 1)
     diff = (levels.round() - torch.from_numpy(resized).permute(2, 0, 1).float()).abs()
-    assert float(diff.max()) <= 2 and float((diff > 1).float().mean()) < 0.01, float(diff.mean())
+    assert float(diff.max()) <= 1 and float((diff > 0).float().mean()) < 0.001, float((diff > 0).float().mean())
 
 
 def test_predictor_equals_the_official_pipeline_given_the_same_resized_image(model, monkeypatch):
@@ -139,9 +139,7 @@ def test_predictor_output_moves_little_from_the_official_pipeline(model):
     ref = ref.clamp(0, 1)
     ours = Predictor(model, resolution=SMALL_RULE).predict(torch.from_numpy(image)[None], layout="BHWC")[0]
     assert ours.shape == ref.shape and float(ours.min()) >= 0 and float(ours.max()) <= 1
-    # random weights make a saturated, edge-sensitive map: this bounds the effect loosely; the
-    # figure for FOCUS-L is in the README
-    assert float((ours - ref).abs().mean()) < 0.05, float((ours - ref).abs().mean())
+    assert float((ours - ref).abs().mean()) < 0.01, float((ours - ref).abs().mean())
 
 
 def test_batches_chunks_and_other_resolutions(model):
@@ -243,4 +241,4 @@ def test_bench_focus_resize_reports_the_difference(capsys):
     match = re.fullmatch(r"96x64 -> 768x512: input levels differ on ([\d.]+)% of values \(max (\d+)\); soft map \|d\| "
                          r"max ([\d.]+) mean ([\d.]+); binary mask differs on ([\d.]+)% of pixels", line)
     assert match, line
-    assert int(match.group(2)) <= 2 and float(match.group(3)) < 0.5
+    assert int(match.group(2)) <= 1 and float(match.group(1)) < 0.1 and float(match.group(3)) < 0.5

@@ -171,8 +171,9 @@ def check_state_dict_shapes(sd: Mapping[str, torch.Tensor], config: FocusConfig)
     if unexpected:
         more = f" and {len(unexpected) - 1} more" if len(unexpected) > 1 else ""
         raise ValueError(f"FOCUS state dict {described}: unexpected key {unexpected[0]!r}{more}")
-    for key in given:
-        found = tuple(sd[key].shape)
-        if found != expected[key]:
-            raise ValueError(f"FOCUS state dict {described}: {key!r} has shape {list(found)}, "
-                             f"expected {list(expected[key])}")
+    wrong = [k for k in given if tuple(sd[k].shape) != expected[k]]
+    if wrong:
+        key = wrong[0]
+        more = f" ({len(wrong) - 1} more tensors have other shapes)" if len(wrong) > 1 else ""
+        raise ValueError(f"FOCUS state dict {described}: {key!r} has shape {list(sd[key].shape)}, "
+                         f"expected {list(expected[key])}{more}")
