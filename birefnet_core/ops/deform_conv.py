@@ -20,7 +20,6 @@ whose temporary memory would exceed the budget (``memory_budget`` argument, else
 from __future__ import annotations
 
 import importlib.util
-import logging
 import os
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Sequence, Tuple
@@ -28,10 +27,10 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from . import dispatch
+from .dispatch import CheckedBackend, RecomputeBackward, needs_grad
 from .portable import DEFAULT_MEMORY_BUDGET, deform_conv2d_portable
 from .spec import DeformSpec, IntPair, check_arguments
-
-logger = logging.getLogger(__name__)
 
 BACKEND_NAMES = ("triton", "torchvision", "portable")
 BACKEND_ENV = "BIREFNET_DEFORM_BACKEND"
@@ -50,43 +49,18 @@ def _item_size(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
-def _needs_grad(*tensors: Optional[torch.Tensor]) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
-class _PortableBackward(torch.autograd.Function):
-    """Forward through a forward-only kernel; backward by recomputing the portable kernel."""
-
-    @staticmethod
-    def forward(ctx, forward_fn, spec, budget, input, offset, weight, bias, mask):
-        ctx.spec, ctx.budget = spec, budget
-        ctx.save_for_backward(input, offset, weight, bias, mask)
-        return forward_fn(input, offset, weight, bias, mask, spec, budget)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        saved = ctx.saved_tensors
-        with torch.enable_grad():
-            leaves = [t.detach().requires_grad_(t.requires_grad) if t is not None else None for t in saved]
-            input, offset, weight, bias, mask = leaves
-            out = deform_conv2d_portable(input, offset, weight, bias, mask, ctx.spec, ctx.budget)
-            wanted = [t for t in leaves if t is not None and t.requires_grad]
-            grads = iter(torch.autograd.grad(out, wanted, grad_out) if wanted else ())
-        return (None, None, None) + tuple(
-            next(grads) if t is not None and t.requires_grad else None for t in leaves
-        )
-
-
 @dataclass
-class Backend:
+class Backend(CheckedBackend):
     """One way of computing the convolution.
 
     ``supports`` is the static capability (device type, dtype, groups); ``workspace`` estimates
     the temporary bytes of one call; ``load`` imports the implementation (``None`` when it is
-    missing); ``probe`` runs once per (device, dtype) on a tiny problem and must agree with the
-    portable kernel, or the backend is skipped for that device and dtype.
+    missing); the self-check runs once per (device, dtype) on a tiny problem and must agree with
+    the portable kernel, or the backend is skipped for that device and dtype (see
+    :class:`.dispatch.CheckedBackend`).
     """
 
+    op_name = "deform_conv2d"
     name: str
     supports: Callable[[torch.device, torch.dtype, DeformSpec], bool]
     workspace: Callable[[DeformSpec, torch.dtype], int]
@@ -94,34 +68,11 @@ class Backend:
     differentiable: bool
     self_checked: bool = True  # False only for the reference itself
 
-    def __post_init__(self) -> None:
-        self._impl: Optional[Callable] = None
-        self._loaded = False
-        self._verified: Dict[Tuple[str, torch.dtype], bool] = {}
-
-    def implementation(self) -> Optional[Callable]:
-        if not self._loaded:
-            try:
-                self._impl = self.load()
-            except Exception as exc:  # a broken install must not break the model
-                logger.warning("deform_conv2d backend %r cannot be loaded: %s", self.name, exc)
-                self._impl = None
-            self._loaded = True
-        return self._impl
-
     def run(self, input, offset, weight, bias, mask, spec: DeformSpec, budget: int) -> torch.Tensor:
         impl = self.implementation()
-        if self.differentiable or not _needs_grad(input, offset, weight, bias, mask):
+        if self.differentiable or not needs_grad(input, offset, weight, bias, mask):
             return impl(input, offset, weight, bias, mask, spec, budget)
-        return _PortableBackward.apply(impl, spec, budget, input, offset, weight, bias, mask)
-
-    def usable(self, device: torch.device, dtype: torch.dtype) -> bool:
-        """Loaded, and passed its self-check on this device and dtype (checked once)."""
-        key = (str(device), dtype)
-        if key not in self._verified:
-            loaded = self.implementation() is not None
-            self._verified[key] = loaded and (not self.self_checked or self._self_check(device, dtype))
-        return self._verified[key]
+        return RecomputeBackward.apply(impl, deform_conv2d_portable, (spec, budget), input, offset, weight, bias, mask)
 
     def _self_check(self, device: torch.device, dtype: torch.dtype) -> bool:
         gen = torch.Generator().manual_seed(0)
@@ -136,14 +87,9 @@ class Backend:
                 got = self.implementation()(args["input"], args["offset"], args["weight"], args["bias"], args["mask"], spec,
                                             DEFAULT_MEMORY_BUDGET)
                 want = deform_conv2d_portable(args["input"], args["offset"], args["weight"], args["bias"], args["mask"], spec)
-            ok = bool(torch.allclose(got.float(), want.float(), atol=0.05, rtol=0.05))
-            if not ok:
-                logger.warning("deform_conv2d backend %r disagrees with the portable kernel on %s %s; not using it",
-                               self.name, device, dtype)
-            return ok
+            return self._report_check(bool(torch.allclose(got.float(), want.float(), atol=0.05, rtol=0.05)), device, dtype)
         except Exception as exc:  # e.g. no kernel for this device or dtype
-            logger.info("deform_conv2d backend %r unavailable on %s %s: %s", self.name, device, dtype, exc)
-            return False
+            return self._report_unavailable(exc, device, dtype)
 
 
 def _load_portable():
@@ -210,46 +156,20 @@ BACKENDS: Dict[str, Backend] = {
 }
 
 
-def _check_name(name: str, source: str) -> str:
-    name = name.strip().lower()
-    if name not in BACKENDS:
-        raise ValueError(f"unknown deform_conv2d backend {name!r} ({source}); choose one of {', '.join(BACKEND_NAMES)}")
-    return name
-
-
 def memory_budget_from_env() -> int:
-    value = os.environ.get(MEMORY_ENV)
-    if not value:
-        return DEFAULT_MEMORY_BUDGET
-    try:
-        megabytes = float(value)
-    except ValueError:
-        raise ValueError(f"{MEMORY_ENV} must be a number of MiB, got {value!r}") from None
-    if megabytes <= 0:
-        raise ValueError(f"{MEMORY_ENV} must be positive, got {value!r}")
-    return int(megabytes * 2**20)
+    return dispatch.memory_budget_from_env(MEMORY_ENV, DEFAULT_MEMORY_BUDGET)
 
 
 def candidate_order(device: torch.device, preferred: Optional[str] = None) -> Sequence[str]:
     """Backends to try for ``device``, the preferred one (argument or environment) first."""
-    order = list(DEFAULT_ORDER.get(device.type, OTHER_DEVICES_ORDER))
-    if preferred is not None:
-        order = [preferred] + [n for n in order if n != preferred]
-    if "portable" not in order:
-        order.append("portable")
-    return order
+    return dispatch.candidate_order(device, preferred, DEFAULT_ORDER, OTHER_DEVICES_ORDER)
 
 
 def select_backend(
     input: torch.Tensor, spec: DeformSpec, backend: Optional[str] = None, memory_budget: Optional[int] = None
 ) -> Backend:
     """The backend ``deform_conv2d`` would use for this call."""
-    if backend is not None:
-        preferred = _check_name(backend, "backend argument")
-    elif os.environ.get(BACKEND_ENV):
-        preferred = _check_name(os.environ[BACKEND_ENV], f"environment variable {BACKEND_ENV}")
-    else:
-        preferred = None
+    preferred = dispatch.preferred_backend(backend, BACKEND_ENV, "deform_conv2d", BACKEND_NAMES)
     budget = memory_budget_from_env() if memory_budget is None else memory_budget
     for name in candidate_order(input.device, preferred):
         candidate = BACKENDS[name]

@@ -21,7 +21,6 @@ dtype falls through to ``"portable"``, which always works.
 from __future__ import annotations
 
 import importlib.util
-import logging
 import os
 from dataclasses import dataclass
 from functools import lru_cache
@@ -30,10 +29,10 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from . import dispatch
+from .dispatch import CheckedBackend, RecomputeBackward, needs_grad
 from .msda_portable import DEFAULT_MEMORY_BUDGET, ms_deform_attn_portable
 from .msda_spec import LevelShapes, MSDASpec, Shapes, check_msda_arguments, level_shapes
-
-logger = logging.getLogger(__name__)
 
 BACKEND_NAMES = ("triton", "portable")
 BACKEND_ENV = "BIREFNET_MSDA_BACKEND"
@@ -46,77 +45,29 @@ DEFAULT_ORDER: Dict[str, Tuple[str, ...]] = {
 OTHER_DEVICES_ORDER = ("portable",)
 
 
-def _needs_grad(*tensors: torch.Tensor) -> bool:
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-
-
-class _PortableBackward(torch.autograd.Function):
-    """Forward through a forward-only kernel; backward by recomputing the portable kernel."""
-
-    @staticmethod
-    def forward(ctx, forward_fn, spec, budget, value, sampling_locations, attention_weights):
-        ctx.spec, ctx.budget = spec, budget
-        ctx.save_for_backward(value, sampling_locations, attention_weights)
-        return forward_fn(value, sampling_locations, attention_weights, spec, budget)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        wanted = ctx.needs_input_grad[3:]
-        with torch.enable_grad():
-            leaves = [t.detach().requires_grad_(w) for t, w in zip(ctx.saved_tensors, wanted)]
-            out = ms_deform_attn_portable(*leaves, ctx.spec, ctx.budget)
-            grads = iter(torch.autograd.grad(out, [t for t in leaves if t.requires_grad], grad_out))
-        return (None, None, None) + tuple(next(grads) if w else None for w in wanted)
-
-
 @dataclass
-class Backend:
+class Backend(CheckedBackend):
     """One way of computing the attention.
 
     ``supports`` is the static capability (device type, dtype); ``load`` imports the
     implementation (``None`` when it is missing); the self-check runs once per (device, dtype)
     on a tiny problem and must agree with the portable kernel, or the backend is skipped for
-    that device and dtype.
+    that device and dtype (see :class:`.dispatch.CheckedBackend`).
     """
 
+    op_name = "ms_deform_attn"
     name: str
     supports: Callable[[torch.device, torch.dtype], bool]
     load: Callable[[], Optional[Callable]]
     differentiable: bool
     self_checked: bool = True  # False only for the reference itself
 
-    def __post_init__(self) -> None:
-        self._impl: Optional[Callable] = None
-        self._loaded = False
-        self._verified: Dict[Tuple[str, torch.dtype], bool] = {}
-
-    def implementation(self) -> Optional[Callable]:
-        if not self._loaded:
-            try:
-                self._impl = self.load()
-            except Exception as exc:  # a broken install must not break the model
-                logger.warning("ms_deform_attn backend %r cannot be loaded: %s", self.name, exc)
-                self._impl = None
-            self._loaded = True
-        return self._impl
-
     def run(self, value, sampling_locations, attention_weights, spec: MSDASpec, budget: int) -> torch.Tensor:
         impl = self.implementation()
-        if self.differentiable or not _needs_grad(value, sampling_locations, attention_weights):
+        if self.differentiable or not needs_grad(value, sampling_locations, attention_weights):
             return impl(value, sampling_locations, attention_weights, spec, budget)
-        return _PortableBackward.apply(impl, spec, budget, value, sampling_locations, attention_weights)
-
-    def usable(self, device: torch.device, dtype: torch.dtype) -> bool:
-        """Loaded, and passed its self-check on this device and dtype (checked once)."""
-        key = (str(device), dtype)
-        if key not in self._verified:
-            loaded = self.implementation() is not None
-            self._verified[key] = loaded and (not self.self_checked or self._self_check(device, dtype))
-        return self._verified[key]
-
-    def self_check_results(self) -> Dict[Tuple[str, torch.dtype], bool]:
-        """The self-checks run so far: {(device, dtype): passed}."""
-        return dict(self._verified)
+        return RecomputeBackward.apply(impl, ms_deform_attn_portable, (spec, budget), value, sampling_locations,
+                                       attention_weights)
 
     def _self_check(self, device: torch.device, dtype: torch.dtype) -> bool:
         value, shapes, loc, attn = self_check_problem(device, dtype)
@@ -127,13 +78,9 @@ class Backend:
                 want = ms_deform_attn_portable(value, loc, attn, spec)
             scale = want.float().abs().max().item()
             ok = got.shape == want.shape and (got.float() - want.float()).abs().max().item() <= 0.02 * scale
-            if not ok:
-                logger.warning("ms_deform_attn backend %r disagrees with the portable kernel on %s %s; not using it",
-                               self.name, device, dtype)
-            return bool(ok)
+            return self._report_check(bool(ok), device, dtype)
         except Exception as exc:  # e.g. no kernel for this device or dtype
-            logger.info("ms_deform_attn backend %r unavailable on %s %s: %s", self.name, device, dtype, exc)
-            return False
+            return self._report_unavailable(exc, device, dtype)
 
 
 def self_check_problem(device: torch.device, dtype: torch.dtype):
@@ -172,43 +119,18 @@ BACKENDS: Dict[str, Backend] = {
 }
 
 
-def _check_name(name: str, source: str) -> str:
-    name = name.strip().lower()
-    if name not in BACKENDS:
-        raise ValueError(f"unknown ms_deform_attn backend {name!r} ({source}); choose one of {', '.join(BACKEND_NAMES)}")
-    return name
-
-
 def memory_budget_from_env() -> int:
-    value = os.environ.get(MEMORY_ENV)
-    if not value:
-        return DEFAULT_MEMORY_BUDGET
-    try:
-        megabytes = float(value)
-    except ValueError:
-        raise ValueError(f"{MEMORY_ENV} must be a number of MiB, got {value!r}") from None
-    if not megabytes > 0:
-        raise ValueError(f"{MEMORY_ENV} must be positive, got {value!r}")
-    return int(megabytes * 2**20)
+    return dispatch.memory_budget_from_env(MEMORY_ENV, DEFAULT_MEMORY_BUDGET)
 
 
 def preferred_backend(backend: Optional[str] = None) -> Optional[str]:
     """The backend named by the argument, else by ``BIREFNET_MSDA_BACKEND``, else None."""
-    if backend is not None:
-        return _check_name(backend, "backend argument")
-    if os.environ.get(BACKEND_ENV, "").strip():
-        return _check_name(os.environ[BACKEND_ENV], f"environment variable {BACKEND_ENV}")
-    return None
+    return dispatch.preferred_backend(backend, BACKEND_ENV, "ms_deform_attn", BACKEND_NAMES)
 
 
 def candidate_order(device: torch.device, preferred: Optional[str] = None) -> Sequence[str]:
     """Backends to try for ``device``, the preferred one (argument or environment) first."""
-    order = list(DEFAULT_ORDER.get(device.type, OTHER_DEVICES_ORDER))
-    if preferred is not None:
-        order = [preferred] + [n for n in order if n != preferred]
-    if "portable" not in order:
-        order.append("portable")
-    return order
+    return dispatch.candidate_order(device, preferred, DEFAULT_ORDER, OTHER_DEVICES_ORDER)
 
 
 def select_backend(device: torch.device | str, dtype: torch.dtype, backend: Optional[str] = None) -> Backend:
