@@ -434,7 +434,7 @@ def bench_video(args: argparse.Namespace) -> None:
 
 # ------------------------------------------------------------------------------ bench gpu
 
-GPU_PARTS = ("model", "deform", "video", "train")
+GPU_PARTS = ("model", "deform", "video", "train", "focus")
 GPU_REFUSAL = "bench gpu needs a CUDA device; use --device cpu --quick for a smoke run"
 # the issue's goals, for an H100/H200 (checked only in full runs on CUDA)
 GOAL_SWIN_L_BATCH_1_MS = 25.0
@@ -468,6 +468,11 @@ class GpuSettings:
     train_size: int
     train_batch: int
     train_steps: int
+    focus_models: Tuple[object, ...]  # FOCUS preset names or FocusConfig (the smoke run's small model)
+    focus_image: Tuple[int, int]  # (H, W) of the resized image; the network runs on it padded to /32
+    focus_batches: Tuple[int, ...]
+    focus_dtype: torch.dtype
+    focus_repeats: int
 
     @classmethod
     def for_args(cls, args: argparse.Namespace) -> "GpuSettings":
@@ -477,6 +482,9 @@ class GpuSettings:
             # float16 on a CPU is emulated (seconds per 128^2 image): the CPU smoke run uses bfloat16,
             # and float32 for the deformable convolution (the dtype every backend has there)
             on_cuda = device.type == "cuda"
+            from .models.focus.config import FocusConfig
+
+            small_focus = FocusConfig(width=128, depth=4, ffn_hidden=256, adapter_heads=4)
             settings = cls(device, True, repeats=2, warmups=0,
                            model_backbones=("swin_v1_t",), model_size=128,
                            model_dtypes=half if on_cuda else (torch.bfloat16,), model_batches=(1, 2),
@@ -484,7 +492,9 @@ class GpuSettings:
                            deform_dtypes=half if on_cuda else (torch.float32, torch.bfloat16),
                            video_backbone="swin_v1_t", video_frame=(128, 160), video_resolution=128, video_count=4,
                            video_batch=2, video_dtype=torch.bfloat16, video_repeats=1,
-                           train_backbones=("pvt_v2_b0", "swin_v1_t"), train_size=128, train_batch=2, train_steps=1)
+                           train_backbones=("pvt_v2_b0", "swin_v1_t"), train_size=128, train_batch=2, train_steps=1,
+                           focus_models=(small_focus,), focus_image=(96, 128), focus_batches=(1,),
+                           focus_dtype=torch.bfloat16, focus_repeats=2)
         else:
             settings = cls(device, False, repeats=10, warmups=2,
                            model_backbones=("swin_v1_l", "swin_v1_t"), model_size=1024, model_dtypes=half,
@@ -493,9 +503,14 @@ class GpuSettings:
                            deform_dtypes=half,
                            video_backbone="swin_v1_t", video_frame=(1080, 1920), video_resolution=1024,
                            video_count=48, video_batch=8, video_dtype=torch.bfloat16, video_repeats=2,
-                           train_backbones=("pvt_v2_b0", "swin_v1_t"), train_size=1024, train_batch=4, train_steps=5)
+                           train_backbones=("pvt_v2_b0", "swin_v1_t"), train_size=1024, train_batch=4, train_steps=5,
+                           # assumed on an H200 in bfloat16: FOCUS-L 30-60 ms per image, G about 3x that;
+                           # 5 timed runs (+ 2 + 1 warm-ups and 1 memory run) of batches 1 and 8 of both
+                           # are then 15-30 s, the models' building on the device a few seconds more
+                           focus_models=("focus_dinov2_l", "focus_dinov2_g"), focus_image=(512, 683),
+                           focus_batches=(1, 8), focus_dtype=torch.bfloat16, focus_repeats=5)
         if args.repeats:
-            settings.repeats = settings.video_repeats = settings.train_steps = args.repeats
+            settings.repeats = settings.video_repeats = settings.train_steps = settings.focus_repeats = args.repeats
         return settings
 
 
@@ -748,14 +763,65 @@ def _gpu_train(table: GpuTable, s: GpuSettings) -> None:
         _free_device_memory(s.device)
 
 
-GPU_PART_FUNCTIONS = {"model": _gpu_model, "deform": _gpu_deform, "video": _gpu_video, "train": _gpu_train}
+def _gpu_focus(table: GpuTable, s: GpuSettings) -> None:
+    """FOCUS (DINOv2-L and -G; the smoke run: a small FOCUS) randomly initialised, on the
+    synthetic photo resized to the default test size (512x683, padded to 512x704): median latency
+    per image of ``model(x)`` (the OpenCV edge input's CPU round trip included), peak memory.
+    Each model is initialised on the device and then cast, so G's 5 GB of float32 weights never
+    pass through host memory."""
+    import torch.nn.functional as F
+
+    from .inference import FOCUS_PIXEL_MEAN, FOCUS_PIXEL_STD, FOCUS_SIZE_DIVISIBILITY
+    from .models import build_model
+    from .ops.msda import select_backend
+
+    h, w = s.focus_image
+    photo = torch.from_numpy(_focus_photo(h, w, seed=0)).permute(2, 0, 1)[None].float()
+    image = (photo - torch.tensor(FOCUS_PIXEL_MEAN).view(1, 3, 1, 1)) / torch.tensor(FOCUS_PIXEL_STD).view(1, 3, 1, 1)
+    image = F.pad(image, (0, -w % FOCUS_SIZE_DIVISIBILITY, 0, -h % FOCUS_SIZE_DIVISIBILITY))
+    hp, wp = image.shape[-2:]
+    size = f"{wp}x{hp}" + (f" (image {w}x{h})" if (hp, wp) != (h, w) else "")
+    for model_name in s.focus_models:
+        if isinstance(model_name, str):
+            label = model_name
+        else:  # a FocusConfig
+            label = f"focus small (width {model_name.width}, depth {model_name.depth})"
+        model = None
+        for batch in s.focus_batches:
+            with table.row("focus", f"{label} {size}", dtype=s.focus_dtype, batch=batch, unit="ms/image") as row:
+                if model is None:
+                    torch.manual_seed(0)
+                    with torch.device(s.device):  # initialised where it runs, then cast
+                        model = build_model(model_name)
+                    model = model.eval().to(dtype=s.focus_dtype)
+                    _free_device_memory(s.device)  # the float32 weights' blocks
+                # float32 input: the network computes its edge input from it, then casts
+                x = image.to(s.device).expand(batch, -1, -1, -1).contiguous()
+
+                def run() -> object:
+                    with torch.inference_mode():
+                        return model(x)
+
+                for _ in range(s.warmups):
+                    run()
+                seconds, peak = measure(run, s.device, s.focus_repeats)
+                row["value"] = seconds * 1e3 / batch
+                row["peak_mib"] = _peak_mib(s.device, peak)
+                row["note"] = f"attention: {select_backend(s.device, s.focus_dtype).name}"
+        model = x = None  # freed before the next model is built
+        _free_device_memory(s.device)
+
+
+GPU_PART_FUNCTIONS = {"model": _gpu_model, "deform": _gpu_deform, "video": _gpu_video, "train": _gpu_train,
+                      "focus": _gpu_focus}
 
 
 def bench_gpu(args: argparse.Namespace) -> int:
     """Everything a GPU session measures, in one table: the network (Swin-L, Swin-T) at 1024^2
     in bfloat16 and float16, every deformable-convolution backend on the decoder's shapes, 1080p
-    video throughput, training throughput. Each row is independent: one that fails (out of
-    memory included) says so in its place and the others still run."""
+    video throughput, training throughput, FOCUS-L and -G at 704x512 in bfloat16. Each row is
+    independent: one that fails (out of memory included) says so in its place and the others
+    still run."""
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(GPU_REFUSAL)
@@ -774,7 +840,7 @@ def bench_gpu(args: argparse.Namespace) -> int:
     print(f"bench gpu on {device}: {machine_description(device)}{' (--quick: smoke-run sizes)' if s.quick else ''}")
     print(f"result: median of {s.repeats} timed run(s) after {1 + s.warmups} warm-up run(s) (video: "
           f"{s.video_repeats} run(s) of {s.video_count} frames; train: {s.train_steps} step(s) after "
-          f"{1 + s.warmups}); random weights and data. "
+          f"{1 + s.warmups}; focus: median of {s.focus_repeats}); random weights and data. "
           "peak MiB: CUDA max_memory_allocated during one more run (weights and inputs included); CPU: growth of "
           "resident memory")
     if not s.quick:
@@ -929,13 +995,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     video.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
 
     gpu = benchmarks.add_parser("gpu", help="everything a GPU session measures, in one table: the network, the "
-                                            "deformable convolution, video and training (--quick: a smoke run on CPU)")
+                                            "deformable convolution, video, training and FOCUS (--quick: a smoke "
+                                            "run on CPU)")
     gpu.add_argument("--parts", nargs="+", choices=GPU_PARTS, help=f"parts to run (default all: {' '.join(GPU_PARTS)})")
     gpu.add_argument("--quick", action="store_true",
                      help="tiny sizes (128 px, Swin-T only, 2 repeats): a smoke run, also on CPU")
     gpu.add_argument("--device", default=default_device, help=f"torch device (default {default_device})")
     gpu.add_argument("--repeats", type=int, default=0,
-                     help="timed runs per row, video runs, training steps (default 10, 2 and 5; --quick 2, 1, 1)")
+                     help="timed runs per row, video runs, training steps, FOCUS runs (default 10, 2, 5 and 5; "
+                          "--quick 2, 1, 1 and 2)")
     gpu.add_argument("--json", default="bench_gpu.json",
                      help="the table as JSON, rewritten after every row (default bench_gpu.json; '' for none)")
     gpu.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")

@@ -38,7 +38,34 @@ def test_quick_run_on_cpu_prints_every_part_and_writes_one_json_entry_per_row(tm
     assert "blur_fusion" in by_part["video"][-1]["case"]
     assert [r["case"].split()[0] for r in by_part["train"]] == ["pvt_v2_b0", "swin_v1_t"]
     assert all(r["unit"] == "images/s" and r["value"] > 0 for r in by_part["train"])
+    # FOCUS: the small configuration at 128x96, batch 1, bfloat16 (the full run: L and G at 704x512)
+    assert [(r["case"], r["dtype"], r["batch"]) for r in by_part["focus"]] == [
+        ("focus small (width 128, depth 4) 128x96", "bfloat16", 1)]
+    assert all(r["unit"] == "ms/image" and r["value"] > 0 for r in by_part["focus"])
+    assert by_part["focus"][0]["note"] == "attention: portable"
     assert all(r["goal"] is None for r in data["rows"])  # goals are for the full sizes on a GPU
+
+
+def test_full_settings_time_focus_l_and_g_at_the_default_test_size():
+    import argparse
+
+    s = bench.GpuSettings.for_args(argparse.Namespace(device="cpu", quick=False, repeats=0))
+    assert bench.GPU_PARTS[-1] == "focus" and bench.GPU_PARTS[:4] == ("model", "deform", "video", "train")
+    assert s.focus_models == ("focus_dinov2_l", "focus_dinov2_g") and s.focus_image == (512, 683)
+    assert s.focus_batches == (1, 8) and s.focus_dtype == torch.bfloat16 and s.focus_repeats == 5
+    assert bench.GpuSettings.for_args(argparse.Namespace(device="cpu", quick=True, repeats=3)).focus_repeats == 3
+
+
+def test_focus_without_opencv_is_an_error_row_naming_the_install(tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "cv2", None)  # "import cv2" now fails
+    path = tmp_path / "bench.json"
+    assert main(["bench", "gpu", "--device", "cpu", "--quick", "--parts", "focus", "--json", str(path)]) == 1
+    rows = json.loads(path.read_text())["rows"]
+    assert [(r["part"], r["batch"]) for r in rows] == [("focus", 1)]
+    assert "OpenCVMissingError" in rows[0]["error"] and "pip install opencv-python-headless" in rows[0]["error"]
+    assert capsys.readouterr().err.strip() == "error: 1 of 1 rows failed (see the table)"
 
 
 def test_a_failing_part_is_one_error_row_and_the_others_still_run(tmp_path, capsys, monkeypatch):
