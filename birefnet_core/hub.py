@@ -15,6 +15,22 @@ it is an incomplete download (:func:`safetensors_problem`); the same file in the
 for writing before either. Any failure raises one :class:`ModelNotAvailableError` whose
 single-line message names the repository, the file, its URL and where to put it by hand.
 
+Before a download the Hub is asked once whether it is there at all (:func:`hub_unreachable`: one
+HEAD request to the server of the URL huggingface_hub is about to fetch, through huggingface_hub's
+own HTTP session, so its proxies and certificates apply, bounded by :data:`REACH_TIMEOUT` seconds
+in all). Without it an unreachable Hub cost, measured with huggingface_hub 2.4, 24 s (DNS failure,
+refused connection), 45 s (no route) or minutes (an address that accepts and never answers): it
+sends the metadata request, then again with 5 retries 1, 2, 4, 8 and 8 s apart and a 60 s timeout
+each, and none of that can be set for one call without changing it for the whole process. With it,
+a DNS failure or a refused connection fails at once and silence after :data:`REACH_TIMEOUT`; any
+HTTP answer (even an error status) counts as reachable, and the download then runs exactly as
+huggingface_hub does it, so a slow connection only has to answer one small request within that
+time (``HF_HUB_ETAG_TIMEOUT``, huggingface_hub's own "wait this long for the Hub's answer",
+replaces it when set). Offline mode (``HF_HUB_OFFLINE``) skips the question and fails at once.
+Nothing process-wide is changed. The cache lookup reads the cache folder only
+(``try_to_load_from_cache``: ``hf_hub_download(local_files_only=True)`` builds request headers,
+which in huggingface_hub 2.x may first fetch ``{HF_ENDPOINT}/api/agent-harnesses``).
+
 FOCUS releases are detectron2 ``.pth`` checkpoints of 5 GB (DINOv2-L) or 15 GB (DINOv2-G), most of
 it optimiser state and training-only tensors. For those the downloaded (or cached) file is read
 memory-mapped and only its inference weights are stored, as ``<folder>/<name>.safetensors``
@@ -33,6 +49,7 @@ import os
 import re
 import shutil
 import stat
+import threading
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional, Union
 
@@ -43,6 +60,10 @@ logger = logging.getLogger(__name__)
 
 #: sub-folder of the models folder where downloads in progress live
 STAGING = ".download"
+
+#: seconds the Hub has, in all, to answer one HEAD request before a download is given up as
+#: "Hub unreachable" (``HF_HUB_ETAG_TIMEOUT`` replaces it when set); see :func:`hub_unreachable`
+REACH_TIMEOUT = 2.0
 
 _REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
 
@@ -130,12 +151,13 @@ def download(source: Union[Variant, str], folder: Union[str, Path], *, token: Op
         logger.info("%s is an incomplete download (%s): fetching it again", final, broken)
     _check_writable(folder)
 
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import constants, hf_hub_download, hf_hub_url, try_to_load_from_cache
 
-    try:  # already in the Hugging Face cache? (never touches the network)
-        cached = Path(hf_hub_download(target.repo_id, target.filename, cache_dir=cache_dir, local_files_only=True))
+    try:  # already in the Hugging Face cache? (the cache folder only, no request: see the module docstring)
+        found = try_to_load_from_cache(target.repo_id, target.filename, cache_dir=cache_dir)
     except Exception:
-        cached = None
+        found = None
+    cached = Path(found) if isinstance(found, str) else None
     if cached is not None and cached.is_file() and not target.slimmed and safetensors_problem(cached) is None:
         _place_copy(cached.resolve(), final)  # (a broken one is skipped)
         return final
@@ -145,6 +167,10 @@ def download(source: Union[Variant, str], folder: Union[str, Path], *, token: Op
             return final
         except ModelNotAvailableError as err:
             logger.warning("%s; downloading it again", err)
+
+    unreachable = None if constants.HF_HUB_OFFLINE else hub_unreachable(hf_hub_url(target.repo_id, target.filename))
+    if unreachable is not None:
+        raise _explain(HubUnreachableError(unreachable), target, folder, broken) from None
 
     staging = folder / STAGING / target.name
     try:  # an interrupt (a BaseException) passes unchanged; the staging folder goes on any exit
@@ -161,6 +187,65 @@ def download(source: Union[Variant, str], folder: Union[str, Path], *, token: Op
     finally:
         _clean_staging(staging)
     return final
+
+
+class HubUnreachableError(ConnectionError):
+    """What :func:`hub_unreachable` found (turned into a :class:`ModelNotAvailableError`)."""
+
+
+def reach_timeout() -> float:
+    """:data:`REACH_TIMEOUT`, or ``HF_HUB_ETAG_TIMEOUT`` when that is set to a positive number."""
+    try:
+        seconds = float(os.environ.get("HF_HUB_ETAG_TIMEOUT", "").strip() or "nan")
+    except ValueError:
+        seconds = float("nan")
+    return seconds if seconds > 0 else REACH_TIMEOUT  # (nan > 0 is False)
+
+
+def hub_unreachable(url: Optional[str] = None, seconds: Optional[float] = None) -> Optional[str]:
+    """None when the server of ``url`` (default: the Hub, ``HF_ENDPOINT``) answers one HEAD request
+    to its root, with any HTTP status, within ``seconds`` (default :func:`reach_timeout`) in all;
+    else one line saying what happened. :func:`download` passes the URL huggingface_hub is about
+    to fetch, so the server asked is the one it would use.
+
+    The request goes through huggingface_hub's HTTP session (requests or httpx, whichever the
+    installed version uses), so the proxies, certificates and client factory the download would
+    use apply to it too. It runs in a daemon thread so that the bound holds in all (the session's
+    own timeouts apply to each phase: connect, then read); a request still hanging when the time
+    is up ends on its own a second later and changes nothing. No offline-mode check here:
+    in offline mode huggingface_hub's session refuses every request."""
+    from inspect import signature
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    seconds = reach_timeout() if seconds is None else seconds
+    parts = urlsplit(url or constants.ENDPOINT)
+    server = f"{parts.scheme}://{parts.netloc}"
+    outcome: list = []
+
+    def ask() -> None:
+        try:
+            session = get_session()  # a redirect is an answer: not followed (requests: never for HEAD)
+            kwargs = {"follow_redirects": False} if "follow_redirects" in signature(session.head).parameters else {}
+            session.head(server + "/", timeout=seconds + 1, **kwargs)  # (the join below decides)
+        except Exception as err:  # any failure of the request itself: the server gave no answer
+            outcome.append(err)
+        else:
+            outcome.append(None)
+
+    worker = threading.Thread(target=ask, name="birefnet-hub-reachable", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    err = outcome[0] if outcome else TimeoutError()
+    if err is not None and any("Timeout" in cls.__name__ for cls in type(err).__mro__):
+        return (f"the Hub at {server} gave no answer within {seconds:g} s (a slow connection may need more: set "
+                f"HF_HUB_ETAG_TIMEOUT to the seconds to wait)")
+    if err is None:
+        return None
+    detail = " ".join(str(err).split())[:160]
+    return f"the Hub at {server} cannot be reached ({type(err).__name__}{': ' + detail if detail else ''})"
 
 
 def _keep_inference_weights(source: Path, final: Path, target: HubFile, how: str) -> None:
@@ -303,6 +388,8 @@ def _explain(err: BaseException, target: HubFile, folder: Path,
         reason = f"the repository has no file '{target.filename}'"
     elif constants.HF_HUB_OFFLINE or "OfflineModeIsEnabled" in kinds:
         reason = "Hugging Face Hub offline mode is on (HF_HUB_OFFLINE)"
+    elif isinstance(err, HubUnreachableError):
+        reason = f"no connection to the Hub: {err}"
     else:
         detail = " ".join(str(err).split())[:200]
         reason = f"it could not be downloaded (no connection to the Hub? {type(err).__name__}: {detail})"

@@ -200,3 +200,55 @@ def test_example_workflow_is_valid(pack, path):
             assert slot.get("link") is None or slot["link"] in link_ids
         for slot in node.get("outputs", []):
             assert set(slot.get("links") or []) <= link_ids
+
+
+# ---- template thumbnails (example_workflows/<workflow>.jpg, drawn by example_workflows/make_thumbnails.py) ----
+
+THUMBNAIL_SCRIPT = REPO / "example_workflows" / "make_thumbnails.py"
+
+
+def _thumbnail_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_thumbnails_under_test", THUMBNAIL_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_every_example_workflow_has_its_template_thumbnail(path):
+    """ComfyUI's template browser shows <workflow>.jpg beside <workflow>.json (404 without it)."""
+    from PIL import Image
+
+    thumbnail = path.with_suffix(".jpg")
+    assert thumbnail.is_file(), f"{thumbnail.name} missing: run python example_workflows/make_thumbnails.py"
+    with Image.open(thumbnail) as image:
+        assert image.format == "JPEG"
+        image.verify()
+    with Image.open(thumbnail) as image:
+        image.load()
+        assert image.mode == "RGB" and 256 <= min(image.size) <= max(image.size) <= 1024, image.size
+    assert 5_000 < thumbnail.stat().st_size < 200_000  # a picture, and small enough for a card
+
+
+def test_the_thumbnail_script_draws_the_committed_thumbnails(pack, tmp_path, monkeypatch):
+    """The script runs and draws the same pictures as the committed ones: byte-identical with the
+    Pillow that drew them; another Pillow may render the text or code the JPEG a little differently,
+    hence a tolerance on the mean difference of every 16 x 16 block: another JPEG quality (75 for
+    85) moves no block by more than ~10 of 255 levels, one node renamed in a workflow moves one by ~85."""
+    import numpy as np
+    from PIL import Image
+
+    script = _thumbnail_script()
+    monkeypatch.setattr(script, "display_names", lambda: dict(pack.NODE_DISPLAY_NAME_MAPPINGS))
+    assert script.main(["--out", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.with_suffix(".jpg").name for p in WORKFLOWS)
+    for path in WORKFLOWS:
+        drawn = np.asarray(Image.open(tmp_path / f"{path.stem}.jpg").convert("RGB"), dtype=np.float64)
+        committed = np.asarray(Image.open(path.with_suffix(".jpg")).convert("RGB"), dtype=np.float64)
+        assert drawn.shape == committed.shape, path.name
+        height, width, _ = drawn.shape
+        blocks = np.abs(drawn - committed)[:height // 16 * 16, :width // 16 * 16]
+        worst = blocks.reshape(height // 16, 16, width // 16, 16, 3).mean(axis=(1, 3, 4)).max()
+        assert worst < 30, f"{path.stem}.jpg differs from what the script draws ({worst:.1f}): run the script"
