@@ -347,8 +347,10 @@ def _load_average() -> str:
 def bench_video(args: argparse.Namespace) -> None:
     """Video: (a) temporal quality of the smoothing on a synthetic clip with a known alpha and
     per-frame errors; (b) frames per second and peak memory of ``matte_frames`` with a real
-    (randomly initialised) network at two frame sizes."""
-    from .video import TemporalSmoother, matte_frames, parse_strength
+    (randomly initialised) network at two frame sizes; (c) peak memory per output set (mask,
+    RGBA, composite, all three) in float32 and float16, measured, with the figure for 300 frames
+    of 1080p beside it."""
+    from .video import OUTPUT_NAMES, TemporalSmoother, VideoOutputs, matte_frames, parse_strength
 
     device = torch.device(args.device)
     if args.threads:
@@ -430,6 +432,61 @@ def bench_video(args: argparse.Namespace) -> None:
                       f"(outputs {outputs_mib:.0f} MiB, input frames {clip.numel() * 4 / MiB:.0f} MiB); "
                       f"1-min load average {load_before} -> {_load_average()}", flush=True)
             del model, predictor
+
+    if "memory" in args.parts:
+        from .inference import Predictor
+        from .models import build_model
+
+        def available_bytes() -> Optional[int]:
+            with contextlib.suppress(OSError, ValueError, StopIteration):
+                with open("/proc/meminfo") as f:
+                    return int(next(line for line in f if line.startswith("MemAvailable:")).split()[1]) * 1024
+            return None
+
+        h, w = _frame_size(args.memory_size)
+        n = args.memory_frames
+        input_dtype = {"float32": torch.float32, "uint8": torch.uint8}[args.memory_input]
+        gen = torch.Generator().manual_seed(0)
+        clip = torch.empty(n, h, w, 3, dtype=input_dtype)
+        for start in range(0, n, 8):  # filled in pieces: no float32 copy of a whole uint8 clip
+            piece = torch.rand(min(8, n - start), h, w, 3, generator=gen)
+            clip[start:start + len(piece)] = piece if input_dtype == torch.float32 else (piece * 255).round()
+        GB = 1e9
+        model = build_model(args.memory_backbone).to(device)
+        predictor = Predictor(model, resolution=args.memory_resolution, batch_size=args.batch)
+        print(f"(c) memory per output set: matte_frames on {n} frames {w}x{h} ({args.memory_input} [N, H, W, 3], "
+              f"{clip.numel() * clip.element_size() / GB:.2f} GB, made before and not counted), "
+              f"{args.memory_backbone} at network {args.memory_resolution}, chunks of {args.batch}, smoothing "
+              f"{args.smoothing}; peak = growth of the process's "
+              + ("resident memory (sampled every ms)" if device.type == "cpu" else "device memory")
+              + " during one run; working set = peak - outputs; GB = 1e9 bytes. Last column: the outputs of 300 "
+              "frames of 1920x1080 plus the working set measured here (it does not grow with the length)")
+        print(f"{'outputs':<24} {'dtype':<8} {'outputs':>9} {'peak':>9} {'working set':>12} {'300 x 1080p':>12}")
+        matte_frames(predictor, clip[:2], smoother=TemporalSmoother(args.smoothing))  # warm-up: lazy set-up
+        sets = [OUTPUT_NAMES if name == "all" else (name,) for name in args.memory_outputs]
+        for dtype in (getattr(torch, name) for name in args.memory_dtypes):
+            for which in sets:
+                label, dtype_name = "+".join(which), str(dtype).replace("torch.", "")
+                outputs_bytes = VideoOutputs.nbytes_for(n, h, w, which=which, dtype=dtype)
+                full_bytes = VideoOutputs.nbytes_for(300, 1080, 1920, which=which, dtype=dtype)
+                free = available_bytes()
+                if device.type == "cpu" and free is not None and outputs_bytes + 2**30 > free:
+                    print(f"{label:<24} {dtype_name:<8} {outputs_bytes / GB:8.2f}G  skipped: needs the outputs + "
+                          f"1 GiB, {free / GB:.1f} GB available", flush=True)
+                    continue
+                start = time.perf_counter()
+                with peak_memory(device) as peak:  # the outputs live until the call returns, then go
+                    matte_frames(predictor, clip, smoother=TemporalSmoother(args.smoothing), which=which, dtype=dtype)
+                seconds = time.perf_counter() - start
+                gc.collect()
+                if peak[0] is None:
+                    print(f"{label:<24} {dtype_name:<8} {outputs_bytes / GB:8.2f}G  peak not measured on {device}")
+                    continue
+                working = peak[0] - outputs_bytes
+                print(f"{label:<24} {dtype_name:<8} {outputs_bytes / GB:8.2f}G {peak[0] / GB:8.2f}G "
+                      f"{working / MiB:9.0f} MiB {(full_bytes + max(working, 0)) / GB:11.2f}G   ({seconds:.0f} s)",
+                      flush=True)
+        del model, predictor, clip
 
 
 # ------------------------------------------------------------------------------ bench gpu
@@ -972,8 +1029,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     video = benchmarks.add_parser("video", help="video: temporal quality of the smoothing on a synthetic clip; "
                                                 "matte_frames throughput and memory")
-    video.add_argument("--parts", nargs="+", choices=["quality", "speed"], default=["quality", "speed"],
-                       help="which parts to run (default both)")
+    video.add_argument("--parts", nargs="+", choices=["quality", "speed", "memory"], default=["quality", "speed"],
+                       help="which parts to run (default quality speed; memory: peak memory per output set and dtype)")
     video.add_argument("--frames", type=int, default=60, help="synthetic clip length for the quality part")
     video.add_argument("--size", type=int, default=256, help="synthetic clip side for the quality part")
     video.add_argument("--seed", type=int, default=0, help="synthetic clip seed")
@@ -993,6 +1050,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     video.add_argument("--batch", type=int, default=4, help="frames per network chunk (default 4)")
     video.add_argument("--repeats", type=int, default=1, help="timed runs (the median is printed; default 1)")
     video.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    video.add_argument("--memory-frames", type=int, default=24,
+                       help="frames for the memory part (default 24; 300 measures the issue's case directly)")
+    video.add_argument("--memory-size", default="1920x1080", help="frame size for the memory part (default 1920x1080)")
+    video.add_argument("--memory-input", choices=["float32", "uint8"], default="float32",
+                       help="dtype of the memory part's input frames (uint8 takes a quarter of the RAM; default "
+                            "float32, as ComfyUI passes them)")
+    video.add_argument("--memory-backbone", default="pvt_v2_b0",
+                       help="backbone for the memory part (default pvt_v2_b0: the outputs, not the network, are "
+                            "measured)")
+    video.add_argument("--memory-resolution", default="64", help="network input size for the memory part (default 64)")
+    video.add_argument("--memory-outputs", nargs="+", choices=["mask", "rgba", "composite", "all"],
+                       default=["mask", "rgba", "composite", "all"],
+                       help="output sets for the memory part (default all four)")
+    video.add_argument("--memory-dtypes", nargs="+", choices=["float32", "float16"], default=["float32", "float16"],
+                       help="output dtypes for the memory part (default both)")
 
     gpu = benchmarks.add_parser("gpu", help="everything a GPU session measures, in one table: the network, the "
                                             "deformable convolution, video, training and FOCUS (--quick: a smoke "

@@ -611,7 +611,8 @@ def load_model(source: Source, *, device: Union[None, str, torch.device] = None,
 
     ``device``: default cuda, else mps, else cpu. ``dtype``: a torch dtype or "float32"/
     "float16"/"bfloat16"; None or "auto" means the device's default
-    (:func:`birefnet_core.inference.auto_dtype`: bfloat16 or float16 on CUDA, else float32).
+    (:func:`birefnet_core.inference.auto_dtype`: bfloat16 or float16 on CUDA; on CPU bfloat16
+    where the CPU has it natively, else float32; float32 elsewhere).
     ``patch_order`` (BiRefNet only; FOCUS has no image patches and ignores it, with a warning
     when one is given): "legacy"/"current", or None/"auto" for the order recorded in the file,
     else the registry entry's (also for a file named after a registry entry), else legacy.

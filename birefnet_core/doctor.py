@@ -53,7 +53,7 @@ MAX_MODEL_LINES = 20  # models listed on screen; --json has them all
 # Variables that change what the core or torch does, shown when set. Named one by one: tokens
 # (HF_TOKEN and the like) must never end up in a bug report.
 ENVIRONMENT = ("BIREFNET_MODELS_DIR", "BIREFNET_DEFORM_BACKEND", "BIREFNET_DEFORM_MEMORY_MB", "BIREFNET_DEBUG",
-               "BIREFNET_MAX_IMAGE_PIXELS", "TRITON_INTERPRET", "CUDA_VISIBLE_DEVICES", "PYTORCH_CUDA_ALLOC_CONF",
+               "BIREFNET_MAX_IMAGE_PIXELS", "BIREFNET_CPU_DTYPE", "TRITON_INTERPRET", "CUDA_VISIBLE_DEVICES", "PYTORCH_CUDA_ALLOC_CONF",
                "OMP_NUM_THREADS", "HF_HUB_OFFLINE", "HF_HOME", "HF_HUB_CACHE")
 
 
@@ -294,7 +294,7 @@ class DtypePolicy:
 
 
 def collect_dtype_policy(devices: DevicesInfo) -> List[DtypePolicy]:
-    from .inference import auto_dtype
+    from .inference import CPU_DTYPE_ENV, auto_dtype, cpu_auto_dtype
 
     rows = []
     for info in devices.devices:
@@ -309,9 +309,11 @@ def collect_dtype_policy(devices: DevicesInfo) -> List[DtypePolicy]:
                 note = ("bfloat16 is emulated on this GPU (compute capability below 8.0), much slower than float16: "
                         "pass dtype float16")
         elif device.type == "cpu":
-            reason = "float32 on the CPU"
-            note = ("bfloat16 is native on this CPU: dtype bfloat16 is an option" if info.bfloat16 == "native" else
-                    "bfloat16 runs emulated on this CPU, many times slower than float32")
+            reason = cpu_auto_dtype()[1]
+            if auto == torch.float32 and info.bfloat16 != "native":
+                note = "an explicit bfloat16 or float16 runs emulated here, many times slower than float32"
+            elif auto == torch.bfloat16:
+                note = f"dtype float32 or {CPU_DTYPE_ENV}=float32 for float32's numerics"
         else:
             reason = f"float32 on {device.type}: half precision is slower or unsupported on many of these devices"
         rows.append(DtypePolicy(info.name, _dtype_name(auto), reason, note))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, FrozenSet, List, Optional
 
 import torch
 
@@ -185,3 +185,76 @@ def send_to_frontend(event: str, data: dict) -> None:
             PromptServer.instance.send_sync(event, data)
     except Exception as exc:  # the frontend is optional: never fail a run over a message
         logger.debug("could not send %s to the frontend: %s", event, exc)
+
+
+# ---------------------------------------------------------------------------------------------
+# Which outputs of a node the workflow links (so that unlinked ones need not be computed)
+#
+# What ComfyUI does (checked in its source: 0.3.64 = commit a125cd84, line numbers below; the same
+# code in a later main-branch snapshot, execution.py at 04e2a914):
+# - a node's output cache key is built in comfy_execution/caching.py,
+#   CacheKeySetInputSignature.get_immediate_node_signature (0.3.64: lines 103-123) from its
+#   class, the value IS_CHANGED returned, its node id (when UNIQUE_ID is among its hidden inputs),
+#   its own inputs and, recursively, its ancestors' - never from the nodes downstream. Linking one
+#   more output of a node to a new consumer therefore leaves the node's key unchanged, and its
+#   cached outputs would be handed on: the set of linked outputs has to enter the key, and
+#   IS_CHANGED's value is the only way in. The value goes through to_hashable (caching.py:48-59):
+#   strings and numbers compare by value; NaN never equals itself, so the node runs every time.
+# - IS_CHANGED is called by execution.py IsChangedCache.get (0.3.64: lines 54-88) with
+#   get_input_data(..., outputs=None) and no DynamicPrompt: linked inputs arrive as None, UNIQUE_ID
+#   as the node id, but the hidden PROMPT as {} (execution.py:189-190). It cannot see the graph
+#   through its arguments. It does run inside CurrentNodeContext(prompt_id, node id)
+#   (execution.py:276, comfy_execution/utils.py) after PromptExecutor.execute_async has called
+#   reset_progress_state(prompt_id, DynamicPrompt(prompt)) (execution.py:664), whose registry
+#   (comfy_execution/progress.py:325-350) holds that prompt: :func:`running_prompt`
+#   reads it there, and only when the registry's prompt id is the one being keyed.
+# - When the node itself runs, PROMPT is dynprompt.get_original_prompt(): the API prompt as
+#   queued, the same dict running_prompt() finds.
+# ---------------------------------------------------------------------------------------------
+
+
+def is_link(value) -> bool:
+    """ComfyUI's link in an API prompt: [source node id (str), output slot (int)]."""
+    return (isinstance(value, (list, tuple)) and len(value) == 2 and isinstance(value[0], str)
+            and isinstance(value[1], (int, float)) and not isinstance(value[1], bool))
+
+
+def linked_outputs(prompt, node_id) -> Optional[FrozenSet[int]]:
+    """The output slots of node ``node_id`` that an input of another node in ``prompt`` links to.
+
+    ``prompt`` is ComfyUI's API prompt, ``{id: {"class_type": ..., "inputs": {name: value or
+    [source id, slot]}}}``, as the hidden ``PROMPT`` input gives it. None when the prompt does not
+    hold the node (no prompt: a script or a test; or a node that another node's expansion made
+    while the prompt ran): then nothing is known about its consumers."""
+    if not isinstance(prompt, dict) or node_id is None or str(node_id) not in prompt:
+        return None
+    node_id = str(node_id)
+    slots = set()
+    for other_id, node in prompt.items():
+        inputs = node.get("inputs") if isinstance(node, dict) else None
+        if str(other_id) == node_id or not isinstance(inputs, dict):
+            continue
+        for value in inputs.values():
+            if is_link(value) and value[0] == node_id:
+                slots.add(int(value[1]))
+    return frozenset(slots)
+
+
+def running_prompt() -> Optional[dict]:
+    """The API prompt ComfyUI is keying or executing now, for IS_CHANGED (which gets PROMPT = {});
+    None outside ComfyUI or where this ComfyUI does not expose it (see the notes above)."""
+    if not IN_COMFYUI:
+        return None
+    try:
+        from comfy_execution.progress import get_progress_state
+        from comfy_execution.utils import get_executing_context
+
+        context = get_executing_context()
+        state = get_progress_state()
+        if context is None or state is None or getattr(state, "prompt_id", None) != context.prompt_id:
+            return None
+        prompt = state.dynprompt.get_original_prompt()
+    except Exception as exc:  # an older or newer ComfyUI without these: the caller falls back
+        logger.debug("the running prompt is not readable here: %s", exc)
+        return None
+    return prompt if isinstance(prompt, dict) else None

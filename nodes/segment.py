@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Optional
+import logging
+from typing import Optional, Sequence, Tuple
 
 import torch
 
 from ..birefnet_core.inference import Predictor, Resolution
-from ..birefnet_core.matting import FOREGROUND_METHODS, MatteOptions, over_color, parse_color, rgba, threshold
+from ..birefnet_core.matting import FOREGROUND_METHODS, MatteOptions, parse_color
+from ..birefnet_core.video import OUTPUT_NAMES, VideoOutputs, matte_frames
 from . import comfy
-from .matte import FOREGROUND_TOOLTIP, run_matte
-from .tensors import comfy_pixels
+from .matte import FOREGROUND_TOOLTIP
+
+logger = logging.getLogger(__name__)
 
 RESOLUTIONS = ["native", "custom", "keep_aspect"]
 BACKGROUNDS = ["transparent", "color"]
@@ -30,6 +33,101 @@ def resolution_for(model: comfy.ManagedModel, resolution: str, width: int, heigh
     if resolution != "native":
         raise ValueError(f"resolution must be one of {', '.join(RESOLUTIONS)}, got {resolution!r}")
     return None
+
+
+OUTPUT_PRECISIONS = {"float32": torch.float32, "float16": torch.float16}
+PRECISION_TOOLTIP = (
+    "dtype of the outputs. float32: ComfyUI's usual. float16: half the memory (300 frames of 1920x1080: "
+    "RGBA 5.0 GB instead of 10.0, mask 1.2 GB instead of 2.5), values within 0.00025 of float32 (a sixteenth "
+    "of an 8-bit level); Save Image, Preview, Video Combine's 8-bit formats and most image nodes take it, "
+    "Image Blur, Grow Mask and Video Combine's 16-bit input (16bit-png, ffv1-mkv, input_color_depth 16bit) "
+    "need float32 (the node stops with a message when it sees one linked). Outputs no link uses are never "
+    "computed, whatever this says."
+)
+# Consumers that fail on float16 IMAGE/MASK tensors (checked with ComfyUI 0.3.64 on the CPU):
+# ImageBlur convolves with a float32 kernel ("expected scalar type Half but found Float"), GrowMask
+# hands the mask to scipy (no float16 support), and VideoHelperSuite's 16-bit path computes
+# tensor.numpy() * 65535 in float16, which overflows to inf: a silently broken video.
+_FLOAT16_BREAKS = {"ImageBlur": "Image Blur", "GrowMask": "Grow Mask"}
+_VHS_16BIT_FORMATS = ("video/16bit-png", "video/ffv1-mkv")
+_WARNED_NOTHING_LINKED = set()
+
+
+def precision_inputs() -> dict:
+    """The output dtype widget Segment and Video Frames share (the last optional input: saved
+    workflows store widgets by position)."""
+    return {"output_precision": (list(OUTPUT_PRECISIONS), {"default": "float32", "tooltip": PRECISION_TOOLTIP})}
+
+
+def outputs_to_compute(names: Sequence[str], prompt, node_id) -> Tuple[str, ...]:
+    """The outputs a run computes: those another node's input links to in the prompt.
+
+    All of them when the prompt does not tell (no prompt: a script or a test; a node created at
+    run time by another node's expansion), and when it shows no link at all: ComfyUI only runs a
+    node that something needs, so a consumer exists that the prompt does not show, and handing it
+    a placeholder would be wrong (said once per node)."""
+    linked = comfy.linked_outputs(prompt, node_id)
+    if linked is None:
+        return tuple(names)
+    if not linked & set(range(len(names))):
+        if node_id not in _WARNED_NOTHING_LINKED:
+            _WARNED_NOTHING_LINKED.add(node_id)
+            logger.warning("BiRefNet node %s runs although none of its outputs is linked in the prompt: computing "
+                           "all of them (%s)", node_id, ", ".join(names))
+        return tuple(names)
+    return tuple(name for slot, name in enumerate(names) if slot in linked)
+
+
+def outputs_fingerprint(names: Sequence[str], prompt, node_id):
+    """IS_CHANGED's value: the outputs a run computes, so that linking another output changes the
+    node's cache key and reruns it (a cached placeholder is never handed on). NaN ("always run")
+    where the prompt cannot be read (see nodes/comfy.py)."""
+    if not prompt:  # ComfyUI passes PROMPT = {} to IS_CHANGED
+        prompt = comfy.running_prompt()
+    if prompt is None:
+        return float("nan")
+    return "outputs:" + ",".join(outputs_to_compute(names, prompt, node_id))
+
+
+def check_float16_consumers(prompt, node_id) -> None:
+    """Refuse float16 outputs, before anything runs, when the prompt links one of them to a node
+    known to fail on (or silently break with) float16 tensors."""
+    if not isinstance(prompt, dict) or node_id is None:
+        return
+    for other_id, node in prompt.items():
+        inputs = node.get("inputs") if isinstance(node, dict) else None
+        if not isinstance(inputs, dict) or not any(comfy.is_link(v) and v[0] == str(node_id)
+                                                   for v in inputs.values()):
+            continue
+        kind = node.get("class_type", "")
+        name = _FLOAT16_BREAKS.get(kind)
+        if kind.startswith("VHS_VideoCombine") and (inputs.get("input_color_depth") == "16bit"
+                                                     or inputs.get("format") in _VHS_16BIT_FORMATS):
+            name = f"Video Combine with 16-bit input ({inputs.get('format')})"
+        if name:
+            raise ValueError(f"output_precision float16: {name} (node {other_id}) needs float32 images; set "
+                             "output_precision to float32")
+
+
+def placeholder(name: str, n: int, dtype: torch.dtype) -> torch.Tensor:
+    """What an output no link uses returns: zeros of its type, batch n, 1x1 pixel (MASK [n,1,1],
+    IMAGE [n,1,1,C]). A valid tensor any node accepts, tiny, and plainly not the result (a 1-pixel
+    image) should anything ever read it."""
+    channels = {"mask": (), "rgba": (4,), "composite": (3,)}[name]
+    return torch.zeros(n, 1, 1, *channels, dtype=dtype, device=comfy.intermediate_device())
+
+
+def node_outputs(outputs: VideoOutputs, n: int, dtype: torch.dtype) -> tuple:
+    """(mask, rgba, composite) on ComfyUI's intermediate device, placeholders for those not computed."""
+    target = comfy.intermediate_device()
+    return tuple(getattr(outputs, name).to(target) if getattr(outputs, name) is not None
+                 else placeholder(name, n, dtype) for name in OUTPUT_NAMES)
+
+
+def output_dtype(output_precision: str) -> torch.dtype:
+    if output_precision not in OUTPUT_PRECISIONS:
+        raise ValueError(f"output_precision must be one of {', '.join(OUTPUT_PRECISIONS)}, got {output_precision!r}")
+    return OUTPUT_PRECISIONS[output_precision]
 
 
 def resolution_inputs() -> dict:
@@ -58,7 +156,8 @@ class BiRefNetSegment:
         "forged region; see the loader's tooltip). Outputs the mask, "
         "the image with the mask as alpha (RGBA, for saving with transparency or alpha video) and the image "
         "composited on a colour (RGB, for nodes that expect three channels). Runs in chunks of batch_size "
-        "with a progress bar; Cancel stops at the next chunk."
+        "with a progress bar; Cancel stops at the next chunk. Only the outputs the workflow links are computed "
+        "(the others are 1-pixel placeholders), in float32 or float16."
     )
     CATEGORY = "BiRefNet"
     RETURN_TYPES = ("MASK", "IMAGE", "IMAGE")
@@ -98,27 +197,40 @@ class BiRefNetSegment:
             },
             "optional": {
                 "binary_mask": ("BOOLEAN", {"default": False, "tooltip": BINARY_TOOLTIP}),
+                **precision_inputs(),
             },
+            "hidden": {"node_id": "UNIQUE_ID", "prompt": "PROMPT"},
         }
+
+    @classmethod
+    def IS_CHANGED(cls, node_id=None, prompt=None, **_inputs):
+        return outputs_fingerprint(cls.RETURN_NAMES, prompt, node_id)
 
     def segment(self, model: comfy.ManagedModel, image: torch.Tensor, resolution: str, width: int, height: int,
                 long_side: int, batch_size: int, mask_threshold: float, background: str, background_color: str,
-                foreground: str = "blur_fusion", binary_mask: bool = False):
+                foreground: str = "blur_fusion", binary_mask: bool = False, output_precision: str = "float32",
+                node_id: Optional[str] = None, prompt: Optional[dict] = None):
         if background not in BACKGROUNDS:
             raise ValueError(f"background must be one of {', '.join(BACKGROUNDS)}, got {background!r}")
         parse_color(background_color)  # a bad colour fails before the model runs
+        dtype = output_dtype(output_precision)
+        if dtype == torch.float16:
+            check_float16_consumers(prompt, node_id)
+        if not isinstance(image, torch.Tensor) or image.dim() != 4 or image.shape[-1] not in (1, 3, 4):
+            shape = list(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+            raise ValueError(f"image must be a ComfyUI IMAGE [B,H,W,C] with 1, 3 or 4 channels, got {shape}")
+        if not 0.0 <= mask_threshold <= 1.0:
+            raise ValueError(f"mask_threshold must be in 0..1, got {mask_threshold}")
         size = resolution_for(model, resolution, width, height, long_side)
         predictor = Predictor(model.ready(), resolution=size, batch_size=batch_size, binary=binary_mask)
-        pixels = comfy_pixels(image)
-        report = comfy.progress_reporter(int(pixels.shape[0]), "segment")
-        out = torch.empty(pixels.shape[0], *pixels.shape[2:], dtype=torch.float32)  # CPU, written per chunk
-        alpha = threshold(predictor.predict(pixels, progress=report, out=out, layout="BCHW"), mask_threshold)
+        n = int(image.shape[0])
+        # chunk by chunk into the outputs the workflow links, each in the chosen dtype: the batch is
+        # never converted or copied whole (foreground colours are estimated per chunk on the model's device)
+        outputs = matte_frames(
+            predictor, image, matte=MatteOptions(foreground=foreground) if foreground != "none" else None,
+            background_color=background_color, progress=comfy.progress_reporter(n, "segment"),
+            which=outputs_to_compute(self.RETURN_NAMES, prompt, node_id), dtype=dtype,
+            mask_threshold=mask_threshold, rgba_fill=background_color if background == "color" else None,
+        )
         comfy.free_cached_memory()
-        if foreground != "none":  # true foreground colours in the soft edges, on the model's device
-            pixels, _ = run_matte(pixels, alpha, MatteOptions(foreground=foreground), batch_size, model.device,
-                                  "foreground")
-
-        target = comfy.intermediate_device()
-        cutout = rgba(pixels, alpha, fill=background_color if background == "color" else None)
-        composite = over_color(pixels, alpha, background_color)
-        return (alpha.to(target), cutout.movedim(1, -1).to(target), composite.movedim(1, -1).to(target))
+        return node_outputs(outputs, n, dtype)

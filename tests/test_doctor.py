@@ -58,7 +58,8 @@ def test_report_has_every_section_in_one_screen(doctor_run):
     for name in ("torch ", "torchvision", "numpy", "pillow", "safetensors", "huggingface_hub", "kornia", "av "):
         assert name in text
     assert re.search(r"^  cpu +float32 +uses portable", text, re.M)
-    assert re.search(r"^  cpu +auto = float32", text, re.M)
+    auto = str(inference.auto_dtype(torch.device("cpu"))).replace("torch.", "")
+    assert re.search(rf"^  cpu +auto = {auto}: ", text, re.M)
     assert len(text.splitlines()) < 60
 
 
@@ -120,6 +121,7 @@ def test_check_catches_a_kernel_that_ignores_offsets(monkeypatch):
 
 def test_explicit_half_precision_on_a_cpu_without_it_warns_once(monkeypatch, caplog):
     monkeypatch.setattr(inference, "_warned", set())
+    monkeypatch.delenv(inference.CPU_DTYPE_ENV, raising=False)
     monkeypatch.setattr(inference, "cpu_has_native_bfloat16", lambda: False)
     monkeypatch.setattr(inference, "cpu_has_native_float16", lambda: True)
     with caplog.at_level(logging.WARNING, logger="birefnet_core.inference"):
@@ -140,6 +142,91 @@ def test_no_warning_where_the_cpu_has_native_bfloat16(monkeypatch, caplog):
     with caplog.at_level(logging.WARNING, logger="birefnet_core.inference"):
         inference.parse_dtype("bf16", torch.device("cpu"))
     assert caplog.records == []
+
+
+def _cpu(monkeypatch, flags, capability="AVX512", env=None):
+    """Pretend to be a CPU with these /proc/cpuinfo flags and torch kernel level."""
+    monkeypatch.setattr(inference, "_warned", set())
+    monkeypatch.setattr(inference, "_cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(inference, "_torch_cpu_capability", lambda: capability)
+    if env is None:
+        monkeypatch.delenv(inference.CPU_DTYPE_ENV, raising=False)
+    else:
+        monkeypatch.setenv(inference.CPU_DTYPE_ENV, env)
+
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize("flags", [{"avx2", "avx512f", "avx512_bf16"}, {"avx512f", "amx_bf16", "amx_tile"}])
+def test_auto_is_bfloat16_on_a_cpu_with_native_bfloat16(monkeypatch, caplog, flags):
+    _cpu(monkeypatch, flags)
+    with caplog.at_level(logging.WARNING, logger="birefnet_core.inference"):
+        assert inference.auto_dtype(CPU) == torch.bfloat16
+        assert inference.parse_dtype("auto", CPU) == inference.parse_dtype(None, CPU) == torch.bfloat16
+        assert inference.parse_dtype("bfloat16", CPU) == torch.bfloat16
+    assert caplog.records == []
+    assert "natively" in inference.cpu_auto_dtype()[1]
+    assert inference.parse_dtype("float32", CPU) == torch.float32  # an explicit float32 stays
+
+
+@pytest.mark.parametrize("flags, capability, why", [
+    ({"avx2", "fma", "avx512f"}, "AVX512", "no native bfloat16"),  # AVX512 without BF16 (Skylake-X)
+    ({"avx2", "fma"}, "AVX2", "no native bfloat16"),  # AVX2 only (Zen 3)
+    (set(), None, "cannot be told"),  # no /proc/cpuinfo: macOS, Windows
+    ({"fp", "asimd", "bf16"}, "NEON", "ARM"),  # ARM with BF16: unmeasured, conservative
+    ({"avx512f", "avx512_bf16"}, "AVX2", "AVX2 kernels"),  # torch held at AVX2 (ATEN_CPU_CAPABILITY)
+])
+def test_auto_is_float32_on_other_cpus(monkeypatch, flags, capability, why):
+    _cpu(monkeypatch, flags, capability)
+    assert inference.auto_dtype(CPU) == torch.float32
+    assert inference.parse_dtype("auto", CPU) == torch.float32
+    assert why in inference.cpu_auto_dtype()[1]
+
+
+def test_the_environment_overrides_the_cpu_choice(monkeypatch, caplog):
+    _cpu(monkeypatch, {"avx512f", "avx512_bf16"}, env="float32")
+    assert inference.auto_dtype(CPU) == torch.float32
+    assert inference.cpu_auto_dtype()[1] == "BIREFNET_CPU_DTYPE=float32 in the environment"
+    assert inference.parse_dtype("bfloat16", CPU) == torch.bfloat16  # an explicit dtype wins over it
+    _cpu(monkeypatch, {"avx2"}, env="auto")
+    assert inference.auto_dtype(CPU) == torch.float32
+    with caplog.at_level(logging.WARNING, logger="birefnet_core.inference"):
+        _cpu(monkeypatch, {"avx2"}, env="BF16")
+        assert inference.auto_dtype(CPU) == torch.bfloat16  # forced, with the emulation warning
+        assert inference.auto_dtype(CPU) == torch.bfloat16
+        _cpu(monkeypatch, {"avx512f", "avx512_bf16"}, env="fp8")
+        assert inference.auto_dtype(CPU) == torch.bfloat16  # a wrong value is ignored, with a warning
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2
+    assert "bfloat16 runs emulated" in messages[0] and "fp8" in messages[1]
+
+
+def test_auto_on_other_devices_ignores_the_cpu(monkeypatch):
+    _cpu(monkeypatch, {"avx512f", "avx512_bf16"}, env="bfloat16")
+    for device in ("mps", "xpu", "meta"):
+        assert inference.auto_dtype(torch.device(device)) == torch.float32
+
+
+def test_training_precision_auto_stays_float32_on_a_bfloat16_cpu(monkeypatch):
+    from birefnet_core.train.trainer import autocast_dtype
+
+    _cpu(monkeypatch, {"avx512f", "avx512_bf16"})
+    assert autocast_dtype("auto", CPU) is None
+
+
+@pytest.mark.parametrize("flags, auto, reason, note", [
+    ({"avx512f", "avx512_bf16"}, "bfloat16", "natively (avx512_bf16)", "BIREFNET_CPU_DTYPE=float32"),
+    ({"avx2"}, "float32", "no native bfloat16", "emulated"),
+])
+def test_doctor_says_what_auto_gives_on_the_cpu_and_why(monkeypatch, flags, auto, reason, note):
+    _cpu(monkeypatch, flags)
+    native = "native" if "avx512_bf16" in flags else "emulated"
+    devices = doctor.DevicesInfo([doctor.DeviceInfo("cpu", "test cpu", bfloat16=native)], [])
+    (row,) = doctor.collect_dtype_policy(devices)
+    assert (row.device, row.auto) == ("cpu", auto)
+    line = doctor._format_dtype_policy([row])[0]
+    assert line.startswith(f"cpu     auto = {auto}: ") and reason in line and note in line
 
 
 def test_json_into_a_missing_folder_is_one_line_before_any_work(tmp_path, capsys):

@@ -136,7 +136,7 @@ def test_a_giant_checkpoint_with_one_tensor_of_the_wrong_shape_is_refused_in_one
 
     monkeypatch.setattr(focus, "build_focus", lambda *a, **k: pytest.fail("built a model"))
     with pytest.raises(ValueError) as caught:
-        load_model(sd, device="cpu")
+        load_model(sd, device="cpu", dtype="float32")
     message = str(caught.value)
     assert "\n" not in message and message.startswith("not a usable FOCUS checkpoint: ")
     assert key in message and f"[{rows}, {cols + 1}]" in message and f"[{rows}, {cols}]" in message
@@ -147,7 +147,7 @@ def test_a_giant_checkpoint_with_one_tensor_of_the_wrong_shape_is_refused_in_one
 def test_a_detectron2_checkpoint_loads_its_inference_weights(small, caplog):
     reference, sd, pth, slim = small
     with caplog.at_level(logging.INFO, logger="birefnet_core.checkpoint"):
-        model = load_model(pth, device="cpu")
+        model = load_model(pth, device="cpu", dtype="float32")
     assert type(model) is type(reference) and model.family == "focus" and not model.training
     assert model.config == SMALL and model.variant is None and model.source == str(pth)
     assert_same_weights(model, sd)
@@ -162,8 +162,8 @@ def test_a_detectron2_checkpoint_loads_its_inference_weights(small, caplog):
 
 def test_safetensors_state_dict_and_half_precision(small):
     _, sd, _, slim = small
-    assert_same_weights(load_model(slim, device="cpu"), sd)
-    assert_same_weights(load_model(sd, device="cpu"), sd)
+    assert_same_weights(load_model(slim, device="cpu", dtype="float32"), sd)
+    assert_same_weights(load_model(sd, device="cpu", dtype="float32"), sd)
     half = load_model(slim, device="cpu", dtype="bfloat16")
     floats = {k: v for k, v in half.state_dict().items() if v.is_floating_point()}
     assert floats and all(v.dtype == torch.bfloat16 for v in floats.values())
@@ -204,7 +204,7 @@ def test_save_weights_records_the_family(small, tmp_path):
     meta = read_metadata(path)
     assert meta["birefnet.family"] == "focus" and meta["birefnet.architecture"] == "custom"
     assert FocusConfig(**json.loads(meta["birefnet.config"])) == SMALL and "birefnet.patch_order" not in meta
-    assert_same_weights(load_model(path, device="cpu"), sd)
+    assert_same_weights(load_model(path, device="cpu", dtype="float32"), sd)
 
 
 # ------------------------------------------------------------------------------ registry
@@ -246,13 +246,13 @@ def test_a_focus_registry_name_holding_birefnet_weights_and_the_reverse(small, t
                                           "128, depth 4))")]
     for name, says in cases:
         with pytest.raises(ValueError) as caught:
-            load_model(name, models_dir=models, device="cpu")
+            load_model(name, models_dir=models, device="cpu", dtype="float32")
         assert says in str(caught.value) and "\n" not in str(caught.value)
     with pytest.raises(ValueError, match=r"named like registry model focus_large_sod \(a FOCUS focus_dinov2_l\) but "
                                          r"holds a BiRefNet checkpoint \(pvt_v2_b0\): rename the file"):
-        load_model(models / "focus_large_sod.safetensors", device="cpu")
+        load_model(models / "focus_large_sod.safetensors", device="cpu", dtype="float32")
     with pytest.raises(ValueError, match="named like registry model BiRefNet_lite .* holds a FOCUS checkpoint"):
-        load_model(models / "BiRefNet_lite.safetensors", device="cpu")
+        load_model(models / "BiRefNet_lite.safetensors", device="cpu", dtype="float32")
 
 
 def test_a_focus_registry_file_of_another_size(small, tmp_path, caplog):
@@ -260,9 +260,9 @@ def test_a_focus_registry_file_of_another_size(small, tmp_path, caplog):
     (tmp_path / "focus_giant_fd.safetensors").write_bytes(slim.read_bytes())
     with pytest.raises(ValueError, match=r"should hold model 'focus_giant_fd' \(architecture focus_dinov2_g\) but its "
                                          r"tensors are a custom focus \(width 128, depth 4\) FOCUS"):
-        load_model("focus_giant_fd", models_dir=tmp_path, device="cpu")
+        load_model("focus_giant_fd", models_dir=tmp_path, device="cpu", dtype="float32")
     with caplog.at_level(logging.WARNING, logger="birefnet_core.checkpoint"):  # by path: the name is only a hint
-        model = load_model(tmp_path / "focus_giant_fd.safetensors", device="cpu")
+        model = load_model(tmp_path / "focus_giant_fd.safetensors", device="cpu", dtype="float32")
     assert model.variant is None and "ignoring the name" in caplog.text
 
 
@@ -353,7 +353,7 @@ def test_a_focus_checkpoint_in_the_hugging_face_cache_is_slimmed_and_left_there(
 def test_an_unavailable_focus_model_says_how_to_install_it_by_hand(tmp_path):
     folder = tmp_path / "models"
     with pytest.raises(ModelNotAvailableError) as caught:
-        load_model("focus_large_fd", models_dir=folder, device="cpu")
+        load_model("focus_large_fd", models_dir=folder, device="cpu", dtype="float32")
     message = str(caught.value)
     assert "\n" not in message and message.startswith("FOCUS model 'focus_large_fd' (file 'focus_large_fd.pth' of "
                                                       "Hugging Face repo 'geshang/focus_large_fd') is not available")
@@ -376,7 +376,7 @@ def test_convert_a_detectron2_checkpoint(small, tmp_path, capsys):
     assert "7 training-only tensors left out" in printed.out
     meta = read_metadata(out)
     assert meta["birefnet.family"] == "focus" and meta["birefnet.converted_from"] == "detectron2_small.pth"
-    assert_same_weights(load_model(out, device="cpu"), sd)
+    assert_same_weights(load_model(out, device="cpu", dtype="float32"), sd)
 
     assert main(["convert", str(pth), str(out)]) == 1  # exists: refused, left as it was
     assert "exist already" in capsys.readouterr().err and load_file(out).keys() == sd.keys()
@@ -464,7 +464,7 @@ def test_the_optimiser_state_of_a_big_checkpoint_is_never_read_into_memory(tmp_p
 
     plain = _peak_rss_during(lambda: torch.load(path, map_location="cpu", weights_only=True)["model"])
     assert plain > 4 * blob * 0.9, plain  # the measurement sees a full read
-    for action in (lambda: read_state_dict(path), lambda: load_model(path, device="cpu"),
+    for action in (lambda: read_state_dict(path), lambda: load_model(path, device="cpu", dtype="float32"),
                    lambda: convert_file(path, tmp_path / f"slim{os.urandom(4).hex()}.safetensors")):
         grown = _peak_rss_during(action)
         assert grown < size / 4, (grown, size)

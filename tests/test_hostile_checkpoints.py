@@ -63,7 +63,7 @@ def test_nan_or_infinite_weights_are_refused(tmp_path, tiny_sd, bad):
     save_file(sd, path)
     expected = (f"{path}: tensor 'decoder.conv_out1.0.weight' has 12 NaN/infinite values; the checkpoint is corrupt "
                 "(re-download or re-export it)")
-    assert refused(lambda: load_model(path, device="cpu")) == expected
+    assert refused(lambda: load_model(path, device="cpu", dtype="float32")) == expected
     assert refused(lambda: load_model(sd, device="cpu")).startswith("the state dict: tensor 'decoder.conv_out1.0")
     with pytest.raises(ValueError, match="NaN/infinite"):
         check_tensors(read_state_dict(path), path)
@@ -75,7 +75,7 @@ def test_integer_weights_where_the_model_has_floats_are_refused(tmp_path, tiny_s
     sd["decoder.conv_out1.0.weight"] = sd["decoder.conv_out1.0.weight"].round().to(torch.int64)
     path = tmp_path / "ints.pth"
     torch.save(sd, path)
-    message = refused(lambda: load_model(path, device="cpu"))
+    message = refused(lambda: load_model(path, device="cpu", dtype="float32"))
     assert message.startswith(f"{path}: tensor 'decoder.conv_out1.0.weight' is stored as torch.int64 where the "
                               "model's is torch.float32")
     with pytest.raises(ValueError, match="'decoder.conv_out1.0.weight' is stored as torch.int64"):
@@ -89,12 +89,12 @@ def test_a_lightning_checkpoint_loads_with_its_prefix_stripped(tmp_path, tiny_sd
     path = tmp_path / "lightning.ckpt"
     torch.save({"state_dict": {"model." + k: v for k, v in tiny_sd.items()}, "epoch": 3, "global_step": 10}, path)
     with caplog.at_level(logging.INFO, logger="birefnet_core.checkpoint"):
-        model = load_model(path, device="cpu")
+        model = load_model(path, device="cpu", dtype="float32")
     assert "stripped the prefix 'model.'" in caplog.text
     assert all(torch.equal(model.state_dict()[k], v) for k, v in tiny_sd.items())
     nested = tmp_path / "nested.safetensors"
     save_file({"model.net." + k: v for k, v in tiny_sd.items()}, nested)
-    assert load_model(nested, device="cpu").config.backbone == "pvt_v2_b0"
+    assert load_model(nested, device="cpu", dtype="float32").config.backbone == "pvt_v2_b0"
 
 
 def test_only_a_prefix_shared_by_every_key_and_revealing_birefnet_is_stripped(tiny_sd):
@@ -144,7 +144,7 @@ def test_only_a_pickle_naming_python_code_is_called_that(tmp_path):
     for name, data in [("global.pth", pickle.dumps({"a": os.system}, protocol=2)),
                        ("class.pth", pickle.dumps(Payload(), protocol=2))]:
         path = write(tmp_path, name, data)
-        message = refused(lambda: load_model(path, device="cpu"))
+        message = refused(lambda: load_model(path, device="cpu", dtype="float32"))
         assert message.startswith(f"{path} contains pickled Python objects, not just tensors; refusing to run code")
 
 
@@ -190,7 +190,7 @@ def test_a_zip_claiming_more_than_it_holds_is_refused_before_torch_reads_it(tmp_
                                                                              field, says):
     path = write(tmp_path, "crafted.pth", _patched(torch_file, field, 2**31 - 1))
     monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load read a crafted file"))
-    message = refused(lambda: load_model(path, device="cpu"))
+    message = refused(lambda: load_model(path, device="cpu", dtype="float32"))
     assert message.startswith(f"{path} is {says}") and f"{len(torch_file):,}-byte file" in message
 
 
@@ -213,7 +213,7 @@ def test_incomplete_or_corrupt_safetensors_say_so(tmp_path, tiny_checkpoint):
              "trailing": (data + b"\0" * 10, f"corrupt: {len(data) + 10:,} bytes where its header announces")}
     for name, (content, says) in cases.items():
         path = write(tmp_path, f"{name}.safetensors", content)
-        for attempt in (lambda: read_state_dict(path), lambda: load_model(path, device="cpu")):
+        for attempt in (lambda: read_state_dict(path), lambda: load_model(path, device="cpu", dtype="float32")):
             message = refused(attempt)
             assert message.startswith(f"could not read {path} as a safetensors file: it is"), message
             assert says in message and "delete it" in message, (name, message)
@@ -227,7 +227,7 @@ def test_incomplete_or_corrupt_safetensors_say_so(tmp_path, tiny_checkpoint):
     ("..", "'.' and '..' are folders"), (" .. ", "'.' and '..' are folders")])
 def test_impossible_model_names_are_refused_in_one_line(tmp_path, name, says):
     for source in (name, Path(name)):
-        message = refused(lambda: load_model(source, models_dir=tmp_path, device="cpu"))
+        message = refused(lambda: load_model(source, models_dir=tmp_path, device="cpu", dtype="float32"))
         assert message.startswith("refusing model name") and says in message and len(message) < 200
     with pytest.raises(ValueError):
         load_model("/tmp/" + "z" * 300 + ".safetensors")
@@ -344,7 +344,7 @@ def test_an_incomplete_download_in_the_folder_is_fetched_again(tmp_path, monkeyp
     write(tmp_path, "BiRefNet_lite.safetensors", content)
     fake_hub(monkeypatch, "error")
     for attempt in (lambda: hub.download("BiRefNet_lite", tmp_path),
-                    lambda: load_model("BiRefNet_lite", models_dir=tmp_path, device="cpu")):
+                    lambda: load_model("BiRefNet_lite", models_dir=tmp_path, device="cpu", dtype="float32")):
         message = refused(attempt, ModelNotAvailableError)
         assert f"{final} is a broken download (it is incomplete: {len(content):,}" in message
         assert "delete that file" in message and URL in message
@@ -449,7 +449,7 @@ def test_a_truncated_detectron2_checkpoint_says_so(tmp_path, focus_sd):
     data = whole.read_bytes()
     for fraction in (0.1, 0.5, 0.99):
         path = write(tmp_path, f"cut{fraction}.pth", data[: int(len(data) * fraction)])
-        for attempt in (lambda: read_state_dict(path), lambda: load_model(path, device="cpu")):
+        for attempt in (lambda: read_state_dict(path), lambda: load_model(path, device="cpu", dtype="float32")):
             assert refused(attempt).startswith(f"{path} is truncated"), fraction
 
 
@@ -464,7 +464,7 @@ def test_a_detectron2_checkpoint_whose_pickle_needs_code_runs_nothing(tmp_path, 
 
     path = tmp_path / "with_cfg.pth"
     torch.save(detectron2(focus_sd, cfg=Config()), path)
-    for attempt in (lambda: read_state_dict(path), lambda: load_model(path, device="cpu"),
+    for attempt in (lambda: read_state_dict(path), lambda: load_model(path, device="cpu", dtype="float32"),
                     lambda: convert_file(path, tmp_path / "out.safetensors")):
         assert refused(attempt).startswith(f"{path} contains pickled Python objects, not just tensors; refusing to "
                                            "run code")
@@ -499,7 +499,7 @@ def test_a_detectron2_checkpoint_of_another_model_is_described(tmp_path, backbon
                                   f"MaskFormer checkpoint {says}, not BiRefNet or FOCUS ("), message
     sd = {"roi_heads.box_predictor.cls_score.weight": torch.zeros(2),
           "backbone.bottom_up.stem.conv1.weight": torch.zeros(2)}
-    assert "a detectron2 detection checkpoint" in refused(lambda: load_model(sd, device="cpu"))
+    assert "a detectron2 detection checkpoint" in refused(lambda: load_model(sd, device="cpu", dtype="float32"))
 
 
 def test_weights_are_checked_for_nan_only_where_inference_reads_them(tmp_path, focus_sd):
@@ -508,7 +508,7 @@ def test_weights_are_checked_for_nan_only_where_inference_reads_them(tmp_path, f
     nan = torch.full((4, 4), float("nan"))
     fine = tmp_path / "nan_in_training_only.pth"
     torch.save(detectron2({**focus_sd, "sem_seg_head.predictor.clip_refiner.w": nan}), fine)
-    model = load_model(fine, device="cpu")
+    model = load_model(fine, device="cpu", dtype="float32")
     assert all(torch.equal(model.state_dict()[k], v) for k, v in focus_sd.items())
 
     key = "sem_seg_head.predictor.query_feat.weight"
@@ -517,10 +517,10 @@ def test_weights_are_checked_for_nan_only_where_inference_reads_them(tmp_path, f
     broken[key][0, :3] = float("nan")
     path = tmp_path / "nan.pth"
     torch.save(detectron2(broken), path)
-    assert refused(lambda: load_model(path, device="cpu")) == (
+    assert refused(lambda: load_model(path, device="cpu", dtype="float32")) == (
         f"{path}: tensor '{key}' has 3 NaN/infinite values; the checkpoint is corrupt (re-download or re-export it)")
     twice = {**focus_sd, "sem_seg_head.predictor.static_query.weight": focus_sd[key]}
-    assert "old and current names" in refused(lambda: load_model(twice, device="cpu"))
+    assert "old and current names" in refused(lambda: load_model(twice, device="cpu", dtype="float32"))
     assert "old and current names" in refused(lambda: inference_state_dict(twice))
 
 
@@ -528,7 +528,7 @@ def test_a_focus_checkpoint_missing_a_tensor_or_with_one_of_another_shape(focus_
     key = "backbone.interactions.1.injector.attn.value_proj.weight"
     missing = {k: v for k, v in focus_sd.items() if k != key}
     assert refused(lambda: load_model(missing, device="cpu")).startswith("not a usable FOCUS checkpoint: ")
-    assert key in refused(lambda: load_model(missing, device="cpu"))
+    assert key in refused(lambda: load_model(missing, device="cpu", dtype="float32"))
     reshaped = {**focus_sd, key: torch.zeros(64, 129)}
-    message = refused(lambda: load_model(reshaped, device="cpu"))
+    message = refused(lambda: load_model(reshaped, device="cpu", dtype="float32"))
     assert message.startswith("not a usable FOCUS checkpoint: ") and key in message and "[64, 129]" in message

@@ -17,6 +17,7 @@ from birefnet_core.checkpoint import (detect_backbone, load_model, load_state_di
                                       read_state_dict)
 from birefnet_core.config import BACKBONES, PatchOrder
 from birefnet_core.hub import ModelAccessError, ModelNotAvailableError
+from birefnet_core.inference import auto_dtype
 from birefnet_core.models import build_model
 
 from reference import REFERENCE, load_make_weights
@@ -111,7 +112,7 @@ def test_safetensors_round_trip_gives_identical_outputs(tmp_path):
     reference.load_state_dict(make_weights(reference.state_dict()), strict=True)
     path = tmp_path / "tiny.safetensors"
     save_file(reference.state_dict(), path)
-    model = load_model(path, device="cpu")
+    model = load_model(path, device="cpu", dtype="float32")
     assert not model.training and model.patch_order is PatchOrder.LEGACY
     assert model.variant is None and model.source == str(path)
     assert_same_weights(model, reference.state_dict())
@@ -130,7 +131,7 @@ def test_pth_with_prefixes_and_wrapper(tmp_path, wrapper):
     read = read_state_dict(path)
     assert set(read) == set(prefixed)
     assert list(normalise_state_dict(read)) == list(sd)
-    assert_same_weights(load_model(path, device="cpu"), sd)
+    assert_same_weights(load_model(path, device="cpu", dtype="float32"), sd)
 
 
 def test_normalise_keeps_everything_else():
@@ -146,10 +147,11 @@ def test_half_precision_weights_load_into_a_float32_model(tmp_path, stored):
     sd = {k: v.to(stored) if v.is_floating_point() else v for k, v in weights().items()}
     path = tmp_path / "half.safetensors"
     save_file(sd, path)
-    model = load_model(path, device="cpu")
+    model = load_model(path, device="cpu", dtype="float32")
     assert next(model.parameters()).dtype == torch.float32
     assert_same_weights(model, sd)  # the rounded values, exactly
-    assert next(load_model(path, device="cpu", dtype="auto").parameters()).dtype == torch.float32  # CPU policy
+    auto = load_model(path, device="cpu", dtype="auto")
+    assert next(auto.parameters()).dtype == auto_dtype(torch.device("cpu"))  # the CPU policy
     assert next(load_model(sd, device="cpu", dtype="bfloat16").parameters()).dtype == torch.bfloat16
     with pytest.raises(ValueError, match="dtype must be auto, float32, float16 or bfloat16"):
         load_model(sd, device="cpu", dtype="int8")
@@ -173,7 +175,7 @@ def test_a_pickle_that_needs_code_is_refused_and_runs_nothing(tmp_path):
     marker = tmp_path / "marker"
     path = tmp_path / "evil.pth"
     torch.save({"payload": WritesAMarker(marker), "state_dict": weights()}, path)
-    for attempt in (read_state_dict, lambda p: load_model(p, device="cpu")):
+    for attempt in (read_state_dict, lambda p: load_model(p, device="cpu", dtype="float32")):
         with pytest.raises(ValueError, match="pickled Python objects.*refusing to run code.*safetensors"):
             attempt(path)
         assert not marker.exists()
@@ -219,7 +221,7 @@ def test_foreign_checkpoints_are_described(keys, says):
     with pytest.raises(ValueError, match=says):
         detect_backbone(sd)
     with pytest.raises(ValueError, match=says):
-        load_model(sd, device="cpu")
+        load_model(sd, device="cpu", dtype="float32")
 
 
 def test_unsupported_backbone_sizes_are_named():
@@ -286,7 +288,7 @@ def test_offline_missing_model_raises_one_line_error(tmp_path):
     folder = tmp_path / "models"
     url = "https://huggingface.co/ZhengPeng7/BiRefNet_lite/resolve/main/model.safetensors"
     for attempt in (lambda: hub.download("BiRefNet_lite", folder),
-                    lambda: load_model("BiRefNet_lite", models_dir=folder, device="cpu")):
+                    lambda: load_model("BiRefNet_lite", models_dir=folder, device="cpu", dtype="float32")):
         with pytest.raises(ModelNotAvailableError) as caught:
             attempt()
         message = str(caught.value)
@@ -335,7 +337,7 @@ def test_load_model_by_registry_name_from_the_models_folder(lite_models_dir, cap
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: pytest.fail("touched the Hub"))
     folder, sd = lite_models_dir
     with caplog.at_level(logging.INFO, logger="birefnet_core.checkpoint"):
-        model = load_model("birefnet_LITE", models_dir=folder, device="cpu")
+        model = load_model("birefnet_LITE", models_dir=folder, device="cpu", dtype="float32")
     assert "patch order legacy (registry entry BiRefNet_lite)" in caplog.text
     assert model.variant is registry.get_variant("BiRefNet_lite") and model.patch_order is PatchOrder.LEGACY
     assert model.source == str(folder / "BiRefNet_lite.safetensors")
@@ -349,19 +351,19 @@ def test_load_model_from_the_environment_models_dir(lite_models_dir, monkeypatch
     folder, _ = lite_models_dir
     monkeypatch.setenv(checkpoint.MODELS_DIR_ENV, str(folder))
     assert checkpoint.default_models_dir() == folder
-    assert load_model("BiRefNet_lite", device="cpu").variant.name == "BiRefNet_lite"
+    assert load_model("BiRefNet_lite", device="cpu", dtype="float32").variant.name == "BiRefNet_lite"
 
 
 def test_a_registry_name_holding_another_backbone_is_an_error(tmp_path):
     save_file(weights(), tmp_path / "BiRefNet_lite.safetensors")
     with pytest.raises(ValueError, match="should hold model 'BiRefNet_lite' .*swin_v1_t.*pvt_v2_b0"):
-        load_model("BiRefNet_lite", models_dir=tmp_path, device="cpu")
+        load_model("BiRefNet_lite", models_dir=tmp_path, device="cpu", dtype="float32")
 
 
 def test_a_file_named_like_a_variant_of_another_backbone_ignores_the_name(tmp_path, caplog):
     save_file(weights(), tmp_path / "BiRefNet_HR.safetensors")
     with caplog.at_level(logging.INFO, logger="birefnet_core.checkpoint"):
-        model = load_model(tmp_path / "BiRefNet_HR.safetensors", device="cpu")
+        model = load_model(tmp_path / "BiRefNet_HR.safetensors", device="cpu", dtype="float32")
     assert model.variant is None and model.patch_order is PatchOrder.LEGACY
     assert "ignoring the name" in caplog.text
 
@@ -383,9 +385,9 @@ def test_plain_names_and_repo_ids_resolve_inside_the_models_folder(tmp_path):
     sd = weights()
     save_file(sd, tmp_path / "custom.safetensors")
     save_file(sd, tmp_path / "someone--my-birefnet.safetensors")
-    assert_same_weights(load_model("custom", models_dir=tmp_path, device="cpu"), sd)
-    assert_same_weights(load_model("custom.safetensors", models_dir=tmp_path, device="cpu"), sd)
-    assert_same_weights(load_model("someone/my-birefnet", models_dir=tmp_path, device="cpu"), sd)
+    assert_same_weights(load_model("custom", models_dir=tmp_path, device="cpu", dtype="float32"), sd)
+    assert_same_weights(load_model("custom.safetensors", models_dir=tmp_path, device="cpu", dtype="float32"), sd)
+    assert_same_weights(load_model("someone/my-birefnet", models_dir=tmp_path, device="cpu", dtype="float32"), sd)
     with pytest.raises(ValueError, match="unknown BiRefNet model 'BiRefNet_HRR'.*'BiRefNet_HR'"):
         load_model("BiRefNet_HRR", models_dir=tmp_path)
 
@@ -397,7 +399,7 @@ def test_names_that_escape_the_models_folder_are_refused(tmp_path, name):
     (models / "sub").mkdir(parents=True)
     save_file(weights(), tmp_path / "outside.safetensors")
     with pytest.raises(ValueError, match="refusing"):
-        load_model(name, models_dir=models, device="cpu")
+        load_model(name, models_dir=models, device="cpu", dtype="float32")
     with pytest.raises(ValueError, match="neither a known BiRefNet model name nor"):
         hub.download(name, models)
 

@@ -1,12 +1,14 @@
 """The ComfyUI nodes, called directly on real tensors through the standalone fallback."""
 
 import inspect
+import math
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
+from memory_tracking import LiveTensorBytes
 from reference import load_make_weights
 
 make_weights = load_make_weights()
@@ -65,11 +67,17 @@ def test_node_contract(nodes, pack, name):
 
 
 def test_widget_names_and_order_are_stable(nodes):
-    """Saved workflows store widget values by position: this order is part of the interface."""
+    """Saved workflows store widget values by position: this order is part of the interface
+    (new widgets go at the end of the optional inputs)."""
     assert list(nodes["BiRefNetLoader"].INPUT_TYPES()["required"]) == ["model", "device", "dtype", "patch_order"]
     assert list(nodes["BiRefNetSegment"].INPUT_TYPES()["required"]) == [
         "model", "image", "resolution", "width", "height", "long_side", "batch_size", "mask_threshold",
         "background", "background_color", "foreground"]
+    assert list(nodes["BiRefNetSegment"].INPUT_TYPES()["optional"]) == ["binary_mask", "output_precision"]
+    assert list(nodes["BiRefNetVideoMatte"].INPUT_TYPES()["required"]) == [
+        "model", "frames", "batch_size", "resolution", "width", "height", "long_side", "temporal_smoothing",
+        "smoothing_strength", "foreground", "background_color"]
+    assert list(nodes["BiRefNetVideoMatte"].INPUT_TYPES()["optional"]) == ["output_precision"]
 
 
 def test_loader_and_segment_on_a_checkpoint_in_the_model_folder(nodes, core, models_dir, tiny_checkpoint):
@@ -283,7 +291,7 @@ def test_matte_refine_bad_and_mismatched_inputs(nodes, caplog):
 
 
 def test_segment_estimates_foreground_colours(nodes, core, models_dir, tiny_checkpoint):
-    (model,) = nodes["BiRefNetLoader"]().load(place(tiny_checkpoint, models_dir), "cpu", "auto", "auto")
+    (model,) = nodes["BiRefNetLoader"]().load(place(tiny_checkpoint, models_dir), "cpu", "float32", "auto")
     batch = images()
     mask, cutout, _ = nodes["BiRefNetSegment"]().segment(model, batch, **{**SEGMENT_DEFAULTS,
                                                                           "foreground": "blur_fusion"})
@@ -304,7 +312,7 @@ def moving_clip(n=12, h=36, w=44):
 
 
 def test_video_node_windows_carry_state(nodes, pack, models_dir, tiny_checkpoint):
-    (model,) = nodes["BiRefNetLoader"]().load(place(tiny_checkpoint, models_dir), "cpu", "auto", "auto")
+    (model,) = nodes["BiRefNetLoader"]().load(place(tiny_checkpoint, models_dir), "cpu", "float32", "auto")
     video = nodes["BiRefNetVideoMatte"]()
     frames = moving_clip()
     whole_mask, rgba, composite = video.matte(model, frames, **VIDEO_DEFAULTS, node_id="whole")
@@ -357,3 +365,137 @@ def test_integer_images_and_masks_are_scaled_like_video_frames(nodes, models_dir
             torch.testing.assert_close(a, b)
     with pytest.raises(ValueError, match="8-bit levels"):
         refine(as_float, (mask_levels * 4).to(torch.int32), **MATTE_NEUTRAL)
+
+
+# ---- only the outputs a workflow links, in float32 or float16 ----
+
+def api_prompt(node_class, *slots, node_id="5"):
+    """A ComfyUI API prompt: the node under test (id 5) fed by ids 1 and 2, one consumer per
+    linked output slot, and a consumer of another node's output."""
+    prompt = {"1": {"class_type": "LoadImage", "inputs": {"image": "a.png"}},
+              "2": {"class_type": "BiRefNetLoader", "inputs": {"model": "tiny.safetensors"}},
+              node_id: {"class_type": node_class, "inputs": {"model": ["2", 0], "frames": ["1", 0]}},
+              "9": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}
+    for i, slot in enumerate(slots):
+        prompt[str(20 + i)] = {"class_type": "PreviewImage", "inputs": {"images": [node_id, slot]}}
+    return prompt
+
+
+def test_linked_outputs_are_read_from_the_prompt(pack, caplog):
+    comfy, segment = pack.nodes.comfy, pack.nodes.segment
+    prompt = api_prompt("BiRefNetVideoMatte", 2, 1, 2)
+    prompt["30"] = {"class_type": "Note", "inputs": {"text": ["5", "not a slot"], "other": ["50", 0]}}
+    assert comfy.linked_outputs(prompt, "5") == {1, 2}
+    assert comfy.linked_outputs(prompt, 5) == {1, 2}  # ids arrive as strings; an int finds the same node
+    assert comfy.linked_outputs(api_prompt("BiRefNetVideoMatte", 0.0), "5") == {0}  # JSON may give 0.0
+    assert comfy.linked_outputs(api_prompt("BiRefNetVideoMatte"), "5") == frozenset()
+    for unknown in (None, {}, api_prompt("BiRefNetVideoMatte", 0, node_id="6")):
+        assert comfy.linked_outputs(unknown, "5") is None  # no prompt, or a node made at run time
+    names = ("mask", "rgba", "composite")
+    assert segment.outputs_to_compute(names, prompt, "5") == ("rgba", "composite")
+    assert segment.outputs_to_compute(names, None, "5") == names
+    with caplog.at_level("WARNING"):
+        for _ in range(2):
+            nowhere = api_prompt("X", node_id="linked-nowhere")
+            assert segment.outputs_to_compute(names, nowhere, "linked-nowhere") == names
+    assert caplog.text.count("none of its outputs is linked") == 1
+
+
+@pytest.mark.parametrize("name", ["BiRefNetSegment", "BiRefNetVideoMatte"])
+def test_linking_another_output_changes_the_cache_fingerprint(nodes, name):
+    """ComfyUI keys its output cache on IS_CHANGED's value and the node's own inputs, never on
+    the nodes downstream (nodes/comfy.py): the linked outputs must change the value."""
+    cls = nodes[name]
+    widgets = {"model": None, "batch_size": 4, "resolution": "native"}  # as ComfyUI passes them: links are None
+    rgba = cls.IS_CHANGED(node_id="5", prompt=api_prompt(name, 1), **widgets)
+    rgba_again = cls.IS_CHANGED(node_id="5", prompt=api_prompt(name, 1, 1), **widgets)
+    rgba_and_mask = cls.IS_CHANGED(node_id="5", prompt=api_prompt(name, 1, 0), **widgets)
+    assert rgba == rgba_again == "outputs:rgba" and rgba_and_mask == "outputs:mask,rgba"
+    assert cls.IS_CHANGED(node_id="5", prompt=api_prompt(name), **widgets) == "outputs:mask,rgba,composite"
+    assert cls.IS_CHANGED(node_id="77", prompt=api_prompt(name, 1), **widgets) == "outputs:mask,rgba,composite"
+    # ComfyUI gives IS_CHANGED an empty PROMPT; where the running prompt cannot be read either
+    # (here: no ComfyUI), the node reruns every time rather than risk a stale placeholder
+    assert math.isnan(cls.IS_CHANGED(node_id="5", prompt={}, **widgets))
+
+
+def test_video_node_computes_only_the_linked_outputs(nodes, models_dir, tiny_checkpoint):
+    (model,) = nodes["BiRefNetLoader"]().load(place(tiny_checkpoint, models_dir), "cpu", "auto", "auto")
+    video = nodes["BiRefNetVideoMatte"]()
+    frames = moving_clip(n=6, h=72, w=96)
+    options = {**VIDEO_DEFAULTS, "temporal_smoothing": "off"}
+    peaks = {}
+    with torch.no_grad(), LiveTensorBytes() as tracker:
+        everything = video.matte(model, frames, **options, node_id="5", prompt=api_prompt("BiRefNetVideoMatte"))
+    peaks["all"] = tracker.peak
+    with torch.no_grad(), LiveTensorBytes() as tracker:
+        mask, rgba, composite = video.matte(model, frames, **options, output_precision="float16", node_id="5",
+                                            prompt=api_prompt("BiRefNetVideoMatte", 1))
+    peaks["rgba16"] = tracker.peak
+    assert [tuple(t.shape) for t in everything] == [(6, 72, 96), (6, 72, 96, 4), (6, 72, 96, 3)]
+    assert tuple(mask.shape) == (6, 1, 1) and tuple(composite.shape) == (6, 1, 1, 3)  # placeholders
+    assert not mask.any() and not composite.any() and mask.dtype == composite.dtype == rgba.dtype == torch.float16
+    torch.testing.assert_close(rgba.float(), everything[1], rtol=0, atol=2.0 ** -12)
+    # the outputs left out are never made: the peak falls by their bytes (float32 mask + composite
+    # + half the RGBA), up to the placeholders' few bytes
+    saved = 6 * 72 * 96 * 4 * (1 + 3) + 6 * 72 * 96 * 4 * 2
+    assert abs((peaks["all"] - peaks["rgba16"]) - saved) < 0.02 * saved, (peaks, saved)
+    mask2, rgba2, composite2 = video.matte(model, frames, **options, node_id="5",
+                                           prompt=api_prompt("BiRefNetVideoMatte", 2, 0))
+    torch.testing.assert_close(mask2, everything[0], rtol=0, atol=0)
+    torch.testing.assert_close(composite2, everything[2], rtol=0, atol=0)
+    assert tuple(rgba2.shape) == (6, 1, 1, 4) and rgba2.dtype == torch.float32
+
+
+def test_segment_computes_only_the_linked_outputs_in_either_precision(nodes, models_dir, tiny_checkpoint):
+    (model,) = nodes["BiRefNetLoader"]().load(place(tiny_checkpoint, models_dir), "cpu", "float32", "auto")
+    segment = nodes["BiRefNetSegment"]()
+    batch = images(batch=3)
+    options = {**SEGMENT_DEFAULTS, "foreground": "blur_fusion", "background": "color", "background_color": "#102030"}
+    everything = segment.segment(model, batch, **options)
+    mask, rgba, composite = segment.segment(model, batch, **options, node_id="5",
+                                            prompt=api_prompt("BiRefNetSegment", 0))
+    torch.testing.assert_close(mask, everything[0], rtol=0, atol=0)
+    assert tuple(rgba.shape) == (3, 1, 1, 4) and tuple(composite.shape) == (3, 1, 1, 3)
+    half = segment.segment(model, batch, **options, output_precision="float16", node_id="5",
+                           prompt=api_prompt("BiRefNetSegment", 0, 1, 2))
+    for got, want in zip(half, everything):
+        assert got.dtype == torch.float16 and got.shape == want.shape
+        torch.testing.assert_close(got.float(), want, rtol=0, atol=2.0 ** -12)
+    with pytest.raises(ValueError, match="output_precision must be one of float32, float16"):
+        segment.segment(model, batch, **options, output_precision="bfloat16")
+
+
+def test_a_prompt_linking_none_of_the_outputs_gets_all_of_them(nodes, models_dir, tiny_checkpoint, caplog):
+    """ComfyUI runs a node only when something needs it: a prompt that shows no link to any of the
+    video node's outputs hides its consumer (e.g. a node made at run time), so all outputs are
+    computed, and that is said once."""
+    (model,) = nodes["BiRefNetLoader"]().load(place(tiny_checkpoint, models_dir), "cpu", "auto", "auto")
+    with caplog.at_level("WARNING"):
+        outputs = nodes["BiRefNetVideoMatte"]().matte(model, moving_clip(n=3), **VIDEO_DEFAULTS, node_id="41",
+                                                      prompt=api_prompt("BiRefNetVideoMatte", node_id="41"))
+    assert [tuple(t.shape) for t in outputs] == [(3, 36, 44), (3, 36, 44, 4), (3, 36, 44, 3)]
+    assert "none of its outputs is linked" in caplog.text
+
+
+def test_float16_is_refused_for_consumers_that_break_on_it(nodes, models_dir, tiny_checkpoint):
+    """Image Blur and Grow Mask fail on float16 tensors in ComfyUI, and VideoHelperSuite's 16-bit
+    input overflows to a broken video: the node says so before it runs."""
+    (model,) = nodes["BiRefNetLoader"]().load(place(tiny_checkpoint, models_dir), "cpu", "auto", "auto")
+    video = nodes["BiRefNetVideoMatte"]().matte
+    frames = moving_clip(n=2)
+    cases = {"ImageBlur": {"image": ["5", 1]}, "GrowMask": {"mask": ["5", 0]},
+             "VHS_VideoCombine": {"images": ["5", 1], "format": "video/ffv1-mkv"}}
+    for kind, inputs in cases.items():
+        prompt = {**api_prompt("BiRefNetVideoMatte"), "30": {"class_type": kind, "inputs": inputs}}
+        with pytest.raises(ValueError, match=r"output_precision float16: .*\(node 30\) needs float32"):
+            video(model, frames, **VIDEO_DEFAULTS, output_precision="float16", node_id="5", prompt=prompt)
+        video(model, frames, **VIDEO_DEFAULTS, node_id="5", prompt=prompt)  # float32: fine
+    eight_bit = {**api_prompt("BiRefNetVideoMatte"), "30": {"class_type": "VHS_VideoCombine", "inputs": {
+        "images": ["5", 1], "format": "video/ProRes"}}}
+    _, rgba, _ = video(model, frames, **VIDEO_DEFAULTS, output_precision="float16", node_id="5", prompt=eight_bit)
+    assert rgba.dtype == torch.float16 and rgba.shape == (2, 36, 44, 4)
+    sixteen_bit = {**eight_bit, "30": {"class_type": "VHS_VideoCombine", "inputs": {
+        "images": ["5", 1], "format": "video/h265-mp4", "input_color_depth": "16bit"}}}
+    with pytest.raises(ValueError, match="16-bit input"):
+        nodes["BiRefNetSegment"]().segment(model, images(), **SEGMENT_DEFAULTS, output_precision="float16",
+                                           node_id="5", prompt=sixteen_bit)
