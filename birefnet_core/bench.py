@@ -680,18 +680,23 @@ def _gpu_model(table: GpuTable, s: GpuSettings) -> None:
                     if model is None:
                         model = build_model(backbone).eval().to(device=s.device, dtype=dtype)
                     x = torch.randn(batch, 3, s.model_size, s.model_size, device=s.device, dtype=dtype)
-
-                    def run() -> torch.Tensor:
-                        with torch.inference_mode():
-                            return model(x)
-
-                    for _ in range(s.warmups):
-                        run()
-                    seconds, peak = measure(run, s.device, s.repeats)
-                    row["value"] = seconds * 1e3 / batch
-                    row["peak_mib"] = _peak_mib(s.device, peak)
+                    _time_forward(row, model, x, s, s.repeats)
             model = x = None  # freed before the next model is built
             _free_device_memory(s.device)
+
+
+def _time_forward(row: dict, model: torch.nn.Module, x: torch.Tensor, s: GpuSettings, repeats: int) -> None:
+    """``row``'s value (median ms per image of ``model(x)`` after the warm-ups) and peak memory."""
+
+    def run() -> object:
+        with torch.inference_mode():
+            return model(x)
+
+    for _ in range(s.warmups):
+        run()
+    seconds, peak = measure(run, s.device, repeats)
+    row["value"] = seconds * 1e3 / x.shape[0]
+    row["peak_mib"] = _peak_mib(s.device, peak)
 
 
 def _gpu_deform(table: GpuTable, s: GpuSettings) -> None:
@@ -854,16 +859,7 @@ def _gpu_focus(table: GpuTable, s: GpuSettings) -> None:
                     _free_device_memory(s.device)  # the float32 weights' blocks
                 # float32 input: the network computes its edge input from it, then casts
                 x = image.to(s.device).expand(batch, -1, -1, -1).contiguous()
-
-                def run() -> object:
-                    with torch.inference_mode():
-                        return model(x)
-
-                for _ in range(s.warmups):
-                    run()
-                seconds, peak = measure(run, s.device, s.focus_repeats)
-                row["value"] = seconds * 1e3 / batch
-                row["peak_mib"] = _peak_mib(s.device, peak)
+                _time_forward(row, model, x, s, s.focus_repeats)
                 row["note"] = f"attention: {select_backend(s.device, s.focus_dtype).name}"
         model = x = None  # freed before the next model is built
         _free_device_memory(s.device)

@@ -435,11 +435,6 @@ def identify(sd: Mapping[str, torch.Tensor]) -> Identified:
     return Identified(family, architecture, weights)
 
 
-def describe_architecture(family: Family, architecture: Any) -> str:
-    """A short name for ``architecture`` (see :meth:`Family.describe`)."""
-    return family.describe(architecture)
-
-
 # --------------------------------------------------------------------------------------- loading
 
 def load_state_dict_into(model: torch.nn.Module, sd: Mapping[str, torch.Tensor],
@@ -502,8 +497,8 @@ def _mismatch_message(model: torch.nn.Module, sd: StateDict, missing: List[str],
             if other.family is not family:
                 parts.append(f"the checkpoint is a {other.family.title} one but the model is a {family.title}")
             elif other.architecture != built_for:
-                parts.append(f"the checkpoint is a {describe_architecture(family, other.architecture)} "
-                             f"{family.title} but the model was built for {describe_architecture(family, built_for)}")
+                parts.append(f"the checkpoint is a {family.describe(other.architecture)} "
+                             f"{family.title} but the model was built for {family.describe(built_for)}")
     if not any(k.endswith("running_mean") for k in sd) and any(k.endswith("running_mean") for k in missing):
         parts.append("the checkpoint has no BatchNorm statistics: it was trained with batch size 1 "
                      "(the official code then drops BatchNorm), which is not supported")
@@ -642,10 +637,10 @@ def load_model(source: Source, *, device: Union[None, str, torch.device] = None,
         if named is not None and named.family != family.name:
             raise ValueError(f"{path} is named like registry model {named.name} (a {_title(named.family)} "
                              f"{named.backbone}) but holds a {family.title} checkpoint "
-                             f"({describe_architecture(family, architecture)}): rename the file")
+                             f"({family.describe(architecture)}): rename the file")
         if named is not None and named.backbone != architecture:
             logger.warning("%s is named like registry model %s (%s) but holds a %s %s; ignoring the name",
-                           path, named.name, named.backbone, describe_architecture(family, architecture),
+                           path, named.name, named.backbone, family.describe(architecture),
                            family.title)
             named = None
     options: Dict[str, Any] = {}
@@ -659,7 +654,7 @@ def load_model(source: Source, *, device: Union[None, str, torch.device] = None,
         if patch_order is not None and str(getattr(patch_order, "value", patch_order)).lower() != "auto":
             logger.warning("patch_order %r ignored: %s models have no image patches",
                            str(getattr(patch_order, "value", patch_order)), family.title)
-        logger.info("%s %s from %s (%d inference tensors)", family.title, describe_architecture(family, architecture),
+        logger.info("%s %s from %s (%d inference tensors)", family.title, family.describe(architecture),
                     path or "a state dict", len(sd))
 
     # build without memory on 'meta', then take over the tensors already moved to device and dtype;
@@ -685,12 +680,12 @@ def _check_variant(variant: Variant, family: Family, architecture: Any, path: Op
     if variant.family != family.name:
         raise ValueError(f"{path} should hold model '{variant.name}' (a {_title(variant.family)} {variant.backbone}) "
                          f"but its tensors are a {family.title} checkpoint "
-                         f"({describe_architecture(family, architecture)}): the file is misnamed or corrupt; delete or "
+                         f"({family.describe(architecture)}): the file is misnamed or corrupt; delete or "
                          "rename it")
     if variant.backbone != architecture:
         what = "backbone" if family.name == "birefnet" else "architecture"
         raise ValueError(f"{path} should hold model '{variant.name}' ({what} {variant.backbone}) but its tensors "
-                         f"are a {describe_architecture(family, architecture)} {family.title}: the file is misnamed "
+                         f"are a {family.describe(architecture)} {family.title}: the file is misnamed "
                          "or corrupt; delete or rename it")
 
 
@@ -712,6 +707,6 @@ def _choose_patch_order(requested: Union[None, str, PatchOrder], variant: Option
 
 
 __all__ = ["MODELS_DIR_ENV", "WEIGHTS_SUFFIXES", "Identified", "check_model_name", "check_tensors", "default_device",
-           "default_models_dir", "describe_architecture", "detect_backbone", "identify", "peek_architecture",
+           "default_models_dir", "detect_backbone", "identify", "peek_architecture",
            "peek_backbone", "load_model", "load_state_dict_into", "normalise_state_dict", "read_metadata",
            "read_state_dict", "save_weights", "weights_metadata"]

@@ -66,7 +66,7 @@ def convert_file(source: Union[str, os.PathLike], output: Union[str, os.PathLike
     """
     from safetensors.torch import save_file
 
-    from .checkpoint import (check_tensors, describe_architecture, identify, read_metadata, read_state_dict,
+    from .checkpoint import (check_tensors, identify, read_metadata, read_state_dict,
                              weights_metadata)
     from .config import PatchOrder
     from .files import atomic_output, check_outputs as check_policy, prepare_folder
@@ -98,7 +98,7 @@ def convert_file(source: Union[str, os.PathLike], output: Union[str, os.PathLike
     prepare_folder(output.parent, "output folder")
     with atomic_output(output) as partial:
         save_file(tensors, str(partial), metadata=meta)
-    return Converted(output, family.name, describe_architecture(family, architecture), len(tensors),
+    return Converted(output, family.name, family.describe(architecture), len(tensors),
                      total - len(tensors), output.stat().st_size)
 
 

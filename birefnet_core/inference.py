@@ -397,9 +397,8 @@ class FocusPipeline:
 
     def __init__(self, model: torch.nn.Module, resolution) -> None:
         self.model = model
-        self.resolution = FOCUS_RESOLUTION if resolution is None else Resolution.parse(resolution)
-        if str(resolution).strip().lower() == "native":
-            self.resolution = FOCUS_RESOLUTION
+        native = resolution is None or str(resolution).strip().lower() == "native"
+        self.resolution = FOCUS_RESOLUTION if native else Resolution.parse(resolution)
 
     def network_size(self, height: int, width: int) -> Tuple[int, int]:
         """(H, W) of the resized image; the network runs on it padded to multiples of 32."""

@@ -6,6 +6,7 @@ rare GPU minutes are not spent on a broken test; checks that mean something only
 real out-of-memory, float16 training) still skip there.
 """
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -48,24 +49,29 @@ def cuda_only(device):
         pytest.skip("meaningful on a CUDA device only (dry run on CPU)")
 
 
-@pytest.fixture
-def no_tf32():
+@contextlib.contextmanager
+def tf32_off():
     """Float32 really in float32: TF32 off for matmuls (also the Triton kernel's) and cuDNN convolutions."""
     saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@pytest.fixture
+def no_tf32():
+    with tf32_off():
+        yield
 
 
 @pytest.fixture(scope="module")
 def no_tf32_module():
     """``no_tf32`` for module-scoped fixtures (a model run once and compared by several tests)."""
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+    with tf32_off():
+        yield
 
 
 @pytest.fixture
