@@ -29,6 +29,7 @@ from .inference import OUT_OF_MEMORY, cpu_model_name
 from .ops import BACKEND_NAMES, deform_conv2d
 from .ops.deform_conv import BACKENDS
 from .ops.spec import check_arguments
+from .streaming import STREAMING_ENV
 
 MiB = 2**20
 
@@ -491,7 +492,7 @@ def bench_video(args: argparse.Namespace) -> None:
 
 # ------------------------------------------------------------------------------ bench gpu
 
-GPU_PARTS = ("model", "deform", "video", "train", "focus")
+GPU_PARTS = ("model", "deform", "video", "train", "focus", "compile")
 GPU_REFUSAL = "bench gpu needs a CUDA device; use --device cpu --quick for a smoke run"
 # the issue's goals, for an H100/H200 (checked only in full runs on CUDA)
 GOAL_SWIN_L_BATCH_1_MS = 25.0
@@ -753,7 +754,12 @@ def _gpu_video(table: GpuTable, s: GpuSettings) -> None:
              ("light + fg blur_fusion", "light", MatteOptions(foreground="blur_fusion"), False)]
     if s.device.type == "cuda":
         cases.append(("light, frames on the GPU", "light", None, True))
+        cases.append(("light, copies not overlapped", "light", None, "plain"))
     for label, smoothing, matte, on_device in cases:
+        # "plain": BIREFNET_STREAMING=0, what the upload-ahead / download-behind overlap gains
+        saved = os.environ.get(STREAMING_ENV)
+        if on_device == "plain":
+            os.environ[STREAMING_ENV], on_device = "0", False
         with table.row("video", f"{s.video_backbone} {w}x{h} net {s.video_resolution}, {label}", dtype=s.video_dtype,
                        batch=s.video_batch, unit="frames/s", goal=goal) as row:
             frames = clip.to(s.device) if on_device else clip
@@ -767,6 +773,10 @@ def _gpu_video(table: GpuTable, s: GpuSettings) -> None:
             row["value"] = s.video_count / seconds
             row["peak_mib"] = _peak_mib(s.device, peak)
             frames = None
+        if saved is None:
+            os.environ.pop(STREAMING_ENV, None)
+        else:
+            os.environ[STREAMING_ENV] = saved
     model = predictor = None
     _free_device_memory(s.device)
 
@@ -865,8 +875,44 @@ def _gpu_focus(table: GpuTable, s: GpuSettings) -> None:
         _free_device_memory(s.device)
 
 
+def _gpu_compile(table: GpuTable, s: GpuSettings) -> None:
+    """The opt-in compiled forward (birefnet_core.compiled) against eager, Swin-T at the model
+    size in bfloat16, batch 1: the first call's seconds (compiling) and the per-image latency
+    after it, for "on" and "cudagraphs". CUDA only (Inductor on a CPU takes minutes)."""
+    from .compiled import compiled_forward
+    from .models import build_model
+
+    if s.device.type != "cuda":
+        with table.row("compile", "torch.compile vs eager") as row:
+            row["note"] = "CUDA only (Inductor on a CPU takes minutes)"
+        return
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    model = build_model("swin_v1_t").eval().to(device=s.device, dtype=dtype)
+    x = torch.randn(1, 3, s.model_size, s.model_size, device=s.device, dtype=dtype)
+    label = f"swin_v1_t {s.model_size}x{s.model_size}"
+    with table.row("compile", f"{label} eager", dtype=dtype, batch=1, unit="ms/image") as row:
+        _time_forward(row, model, x, s, s.repeats)
+    for mode in ("on", "cudagraphs"):
+        torch._dynamo.reset()
+        model.__dict__.pop("_birefnet_compiled", None)
+        forward = compiled_forward(model, mode)
+        with table.row("compile", f"{label} compile={mode}: first call", dtype=dtype, batch=1, unit="s") as row:
+            start = time.perf_counter()
+            with torch.inference_mode():
+                forward(x)
+            _synchronize(s.device)
+            row["value"] = time.perf_counter() - start
+        with table.row("compile", f"{label} compile={mode}", dtype=dtype, batch=1, unit="ms/image") as row:
+            _time_forward(row, forward, x, s, s.repeats)
+            if forward.failed:
+                raise RuntimeError(f"compiling failed, eager fallback measured: {forward.failed}")
+    model = x = forward = None
+    torch._dynamo.reset()
+    _free_device_memory(s.device)
+
+
 GPU_PART_FUNCTIONS = {"model": _gpu_model, "deform": _gpu_deform, "video": _gpu_video, "train": _gpu_train,
-                      "focus": _gpu_focus}
+                      "focus": _gpu_focus, "compile": _gpu_compile}
 
 
 def bench_gpu(args: argparse.Namespace) -> int:
@@ -915,6 +961,90 @@ def bench_gpu(args: argparse.Namespace) -> int:
         print(f"{len(table.rows)} rows written to {json_path}")
     if table.failures:
         raise RuntimeError(f"{table.failures} of {len(table.rows)} rows failed (see the table)")
+    return 0
+
+
+TRAIN_GOAL_SPEEDUP = 1.5  # issue 13: the hand-written deformable backward against autograd, on CPU
+
+
+def bench_train(args: argparse.Namespace) -> int:
+    """Training throughput with each deformable-convolution backward (``BIREFNET_DEFORM_BACKWARD``):
+    the trainer's own step (``Trainer._train_step``: forward, the recipe's losses, backward, AdamW)
+    on a fixed random batch, the backwards alternating round by round so that a busy machine
+    slows them alike. Prints images/s per backward (median, min, max over the rounds) and the
+    speed-up of the last backward over the first (median of the per-round ratios)."""
+    import tempfile
+
+    from .ops.portable import BACKWARD_ENV, backward_mode
+    from .train import distributed
+    from .train.trainer import TrainConfig, Trainer
+
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    backwards = [backward_mode(name) for name in args.backwards]
+    size, batch = args.size, args.batch
+    gen = torch.Generator().manual_seed(0)
+    previous = os.environ.get(BACKWARD_ENV)
+    print(f"training step on {device}: {machine_description(device)}; load average {_load_average()} at the start")
+    print(f"{args.backbone} {size}x{size}, batch {batch}, precision {args.precision}, recipe {args.recipe} "
+          f"(Trainer._train_step: forward, losses, backward, AdamW), random weights and data; {args.steps} step(s) "
+          f"per timed run, {args.rounds} rounds alternating {', '.join(backwards)} after one warm-up step each; "
+          "peak MiB: growth of resident memory (CPU) or CUDA max_memory_allocated during one more step")
+    with tempfile.TemporaryDirectory() as tmp:
+        _write_tiny_dataset(Path(tmp) / "data", batch)
+        cfg = TrainConfig(data=[str(Path(tmp) / "data")], out=str(Path(tmp) / "run"), backbone=args.backbone,
+                          size=(size, size), batch_size=batch, precision=args.precision, recipe=args.recipe,
+                          workers=0, progress=False, tensorboard=False, augment=("none",), device=str(device))
+        trainer = Trainer(cfg, distributed.Context(device=device))
+        trainer.net.train()
+        x = torch.rand(batch, 3, size, size, generator=gen).to(device)
+        y = (torch.rand(batch, 1, size, size, generator=gen) > 0.5).float().to(device)
+
+        def steps(backward: str) -> Tuple[float, float]:
+            """(wall seconds, CPU seconds of this process) of ``args.steps`` training steps."""
+            os.environ[BACKWARD_ENV] = backward
+            start, cpu_start = time.perf_counter(), time.process_time()
+            for _ in range(args.steps):
+                trainer._train_step(x, y, trainer.base_weights)
+            _synchronize(device)
+            return time.perf_counter() - start, time.process_time() - cpu_start
+
+        try:
+            for backward in backwards:
+                steps(backward)  # warm-up: lazy loading, allocator, self-checks
+            rates: dict = {b: [] for b in backwards}
+            cpu_rates: dict = {b: [] for b in backwards}
+            for _ in range(args.rounds):
+                for backward in backwards:
+                    wall, cpu = steps(backward)
+                    rates[backward].append(batch * args.steps / wall)
+                    cpu_rates[backward].append(batch * args.steps / cpu)
+            peaks = {}
+            for backward in backwards:
+                with peak_memory(device) as peak:
+                    steps(backward)
+                peaks[backward] = peak[0]
+        finally:
+            if previous is None:
+                os.environ.pop(BACKWARD_ENV, None)
+            else:
+                os.environ[BACKWARD_ENV] = previous
+    # images per CPU-second: on a machine other processes keep busy, wall time swings with them,
+    # the work one step costs less so (with --threads 1 there is no waiting for other threads)
+    print(f"{'backward':<10} {'median img/s':>12} {'min':>7} {'max':>7} {'img/CPU-s':>10} {'peak MiB':>9}")
+    for backward in backwards:
+        r = rates[backward]
+        peak_text = f"{peaks[backward] / MiB:9.0f}" if peaks[backward] is not None else f"{'?':>9}"
+        print(f"{backward:<10} {statistics.median(r):12.2f} {min(r):7.2f} {max(r):7.2f} "
+              f"{statistics.median(cpu_rates[backward]):10.2f} {peak_text}")
+    if len(backwards) > 1:
+        first, last = backwards[0], backwards[-1]
+        for label, table in (("wall", rates), ("CPU", cpu_rates)):
+            ratios = [b / a for a, b in zip(table[first], table[last])]
+            print(f"{last} / {first} ({label} time): {statistics.median(ratios):.2f}x (median of {len(ratios)} "
+                  f"per-round ratios, range {min(ratios):.2f}-{max(ratios):.2f})")
+        print(f"goal {TRAIN_GOAL_SPEEDUP:g}x on CPU; load average {_load_average()} at the end")
     return 0
 
 
@@ -984,7 +1114,14 @@ def bench_focus_resize(args: argparse.Namespace) -> None:
 
 
 BENCHMARKS = {"deform": bench_deform, "model": bench_model, "matting": bench_matting,
-              "video": bench_video, "gpu": bench_gpu, "focus-resize": bench_focus_resize}
+              "video": bench_video, "gpu": bench_gpu, "focus-resize": bench_focus_resize, "train": bench_train,
+              "two-pass": lambda args: _two_pass().run(args)}
+
+
+def _two_pass():
+    from . import bench_two_pass
+
+    return bench_two_pass
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -1062,6 +1199,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     video.add_argument("--memory-dtypes", nargs="+", choices=["float32", "float16"], default=["float32", "float16"],
                        help="output dtypes for the memory part (default both)")
 
+    two_pass = benchmarks.add_parser("two-pass", help="two-pass segmentation vs one pass on synthetic 2K-4K scenes: "
+                                                      "S, boundary F, HCE, MAE and seconds per image")
+    _two_pass().add_arguments(two_pass)
+
     gpu = benchmarks.add_parser("gpu", help="everything a GPU session measures, in one table: the network, the "
                                             "deformable convolution, video, training and FOCUS (--quick: a smoke "
                                             "run on CPU)")
@@ -1075,6 +1216,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     gpu.add_argument("--json", default="bench_gpu.json",
                      help="the table as JSON, rewritten after every row (default bench_gpu.json; '' for none)")
     gpu.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+
+    train = benchmarks.add_parser("train", help="training steps per second with the deformable convolution's "
+                                                "autograd backward and its hand-written one")
+    train.add_argument("--backbone", default="pvt_v2_b0", help="BiRefNet backbone (default pvt_v2_b0)")
+    train.add_argument("--size", type=int, default=128, help="training image side, a multiple of 32 (default 128)")
+    train.add_argument("--batch", type=int, default=8, help="batch size (default 8)")
+    train.add_argument("--precision", default="fp32", help="fp32, bf16 or auto, as the trainer (default fp32)")
+    train.add_argument("--recipe", default="dis", help="loss recipe (default dis)")
+    train.add_argument("--backwards", nargs="+", default=["autograd", "manual"],
+                       help="BIREFNET_DEFORM_BACKWARD values to compare, baseline first (default autograd manual)")
+    train.add_argument("--rounds", type=int, default=5, help="timed runs per backward, alternating (default 5)")
+    train.add_argument("--steps", type=int, default=1, help="training steps per timed run (default 1)")
+    train.add_argument("--device", default=default_device, help=f"torch device (default {default_device})")
+    train.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
 
     for sub, repeats in ((deform, 5), (model, 3), (matting, 5)):
         sub.add_argument("--device", default=default_device, help=f"torch device (default {default_device})")

@@ -319,10 +319,53 @@ def _count_blocks(sd: Mapping[str, torch.Tensor], prefix: str) -> int:
     return len({k[len(prefix):].split(".", 1)[0] for k in sd if k.startswith(prefix)})
 
 
+#: the deformable ASPP modules (``dec_att``) of a BiRefNet, each with three branches since 2024-05-02
+_ASPP_PREFIXES = ("squeeze_module.0.dec_att.aspp_deforms.",
+                  *(f"decoder.decoder_block{i}.dec_att.aspp_deforms." for i in (4, 3, 2, 1)))
+
+
+def older_architecture(sd: Mapping[str, torch.Tensor]) -> Optional[str]:
+    """Why the BiRefNet state dict ``sd`` (names normalised) holds the architecture of the official
+    code before 2024-05-02, in one line, else None.
+
+    That day (github.com/ZhengPeng7/BiRefNet commit b0c7031, "Fix some conflicts in model details
+    with the description in paper, corresponding ckpts need to be updated!") the decoder gained the
+    image patches at its deepest stage (``decoder.ipt_blk5``; ``decoder_block4`` takes their
+    channels too), the gradient attention at stage 4 (``decoder.gdt_convs_4``,
+    ``gdt_convs_pred_4``, ``gdt_convs_attn_4``), and each deformable ASPP three parallel branches
+    of 1x1, 3x3 and 7x7 kernels (``aspp_deforms.0-2``) where it had one 3x3 branch. Checkpoints of
+    the earlier code (``BiRefNet-ep480.pth``, ``BiRefNet-DIS_ep580.pth``; other packs keep a
+    separate "old" copy of the code for them, and run them with another input normalisation)
+    would not load strictly into this network, and loading them partially would give wrong masks.
+    Only decoder tensors are looked at: a state dict without a decoder is not judged here."""
+    differences = []
+    if "decoder.ipt_blk4.conv1.weight" in sd and "decoder.ipt_blk5.conv1.weight" not in sd:
+        differences.append("no image patches at the deepest decoder stage (decoder.ipt_blk5)")
+    if "decoder.gdt_convs_3.0.weight" in sd and "decoder.gdt_convs_4.0.weight" not in sd:
+        differences.append("no gradient attention at stage 4 (decoder.gdt_convs_4)")
+    for prefix in _ASPP_PREFIXES:
+        branches = _count_blocks(sd, prefix)
+        if branches and branches != 3:
+            weight = sd.get(prefix + "0.atrous_conv.regular_conv.weight")
+            kernel = "x".join(str(int(n)) for n in weight.shape[-2:]) + " " if weight is not None else ""
+            differences.append(f"{branches} {kernel}deformable ASPP branch{'es' if branches > 1 else ''} where the "
+                               f"current code has three (1x1, 3x3, 7x7): {prefix[:-1]}")
+            break
+    if not differences:
+        return None
+    return ("this BiRefNet checkpoint has the decoder of the official code before 2024-05-02 ("
+            + "; ".join(differences) + "), like BiRefNet-ep480.pth or BiRefNet-DIS_ep580.pth; this pack runs only "
+            "the current architecture (every checkpoint on the Hugging Face Hub has it, BiRefNet-legacy included), "
+            "so it does not load this one: use a released checkpoint instead, e.g. BiRefNet-DIS5K (trained on "
+            "DIS5K) or BiRefNet (general use)")
+
+
 def detect_backbone(sd: Mapping[str, torch.Tensor]) -> str:
     """The backbone name (a key of :data:`~birefnet_core.config.BACKBONES`) from tensor shapes.
 
-    Raises ValueError describing what the checkpoint looks like when it is not a BiRefNet one.
+    Raises ValueError describing what the checkpoint looks like when it is not a BiRefNet one, or
+    naming what differs when it is a BiRefNet of the architecture before 2024-05-02
+    (:func:`older_architecture`), which is never loaded into this network.
     """
     sd = normalise_state_dict(sd)
     found = {}  # probe key -> (width, stage-3 blocks) seen in this state dict
@@ -331,6 +374,9 @@ def detect_backbone(sd: Mapping[str, torch.Tensor]) -> str:
         if probe in sd:
             found[probe] = (int(sd[probe].shape[0]), _count_blocks(sd, stage3))
             if found[probe] == (width, blocks):
+                older = older_architecture(sd)
+                if older is not None:
+                    raise ValueError(older)
                 return name
     if found:
         (probe, (width, blocks)), = found.items()
@@ -534,12 +580,28 @@ def check_model_name(text: str) -> None:
         raise ValueError(f"refusing model name {shown!r}: {problem}")
 
 
+def _registry_file(variant: Variant, folder: Path, token: Optional[str], progress: hub.Progress) -> Path:
+    """The weights file of registry entry ``variant``: ``<folder>/<name>.safetensors`` when it is
+    complete; else a complete copy other tools keep in ComfyUI's models folder when ``folder`` is
+    ComfyUI's ``models/birefnet`` (:func:`birefnet_core.hub.find_copy`, used where it is); else
+    what :func:`birefnet_core.hub.download` gets (the Hugging Face cache, then the Hub)."""
+    own = hub.local_path(variant, folder)
+    if hub.is_weights_file(own) and hub.safetensors_problem(own) is None:
+        return own
+    root = hub.comfy_models_root(folder)
+    copy = hub.find_copy(variant, [root]) if root is not None else None
+    if copy is not None:
+        logger.info("%s: using the copy in %s (another tool's file, used where it is)", variant.name, copy)
+        return copy
+    return hub.download(variant, folder, token=token, progress=progress)
+
+
 def _resolve(source: Source, models_dir: Optional[Union[str, os.PathLike]], token: Optional[str],
              progress: hub.Progress = True) -> Tuple[Optional[Path], Optional[Variant]]:
     """The weights file for ``source`` and the registry entry it was asked for by (if any)."""
     folder = Path(models_dir).expanduser() if models_dir is not None else default_models_dir()
     if isinstance(source, Variant):
-        return hub.download(source, folder, token=token, progress=progress), source
+        return _registry_file(source, folder, token, progress), source
     if isinstance(source, (str, os.PathLike)):
         check_model_name(str(source))
     if isinstance(source, os.PathLike):
@@ -548,7 +610,7 @@ def _resolve(source: Source, models_dir: Optional[Union[str, os.PathLike]], toke
         text = source.strip()
         variant = find_variant(text)
         if variant is not None:
-            return hub.download(variant, folder, token=token, progress=progress), variant
+            return _registry_file(variant, folder, token, progress), variant
         relative = not os.path.isabs(os.path.expanduser(text))
         if relative and ".." in text.replace("\\", "/").split("/"):
             raise ValueError(f"refusing model source {text!r}: '..' in a name or relative path could leave the "
@@ -579,7 +641,7 @@ def _resolve(source: Source, models_dir: Optional[Union[str, os.PathLike]], toke
 def load_model(source: Source, *, device: Union[None, str, torch.device] = None,
                dtype: Union[None, str, torch.dtype] = None, patch_order: Union[None, str, PatchOrder] = None,
                models_dir: Optional[Union[str, os.PathLike]] = None, token: Optional[str] = None,
-               progress: hub.Progress = True) -> torch.nn.Module:
+               progress: hub.Progress = True, variant: Optional[Variant] = None) -> torch.nn.Module:
     """A model (BiRefNet or FOCUS, told from the weights) with loaded weights, in eval mode, on
     ``device`` in ``dtype``.
 
@@ -611,14 +673,26 @@ def load_model(source: Source, *, device: Union[None, str, torch.device] = None,
     ``patch_order`` (BiRefNet only; FOCUS has no image patches and ignores it, with a warning
     when one is given): "legacy"/"current", or None/"auto" for the order recorded in the file,
     else the registry entry's (also for a file named after a registry entry), else legacy.
-    ``models_dir``: default ``$BIREFNET_MODELS_DIR``, else ``~/.cache/birefnet``. ``token``: Hub
+    ``models_dir``: default ``$BIREFNET_MODELS_DIR``, else ``~/.cache/birefnet``; when it is
+    ComfyUI's ``models/birefnet``, a registry model not there yet is first looked for among the files
+    ComfyUI's own nodes and other packs keep (:func:`birefnet_core.hub.find_copy`). ``token``: Hub
     token for gated repos. ``progress``: download progress (see :func:`birefnet_core.hub.download`).
+    ``variant``: the registry entry a file or state dict holds when its name does not say so (a
+    copy another tool keeps under its own name): its architecture is checked and its patch order
+    used, as for a registry name; a ``source`` that names another entry is an error.
 
     The model gets ``model.variant`` (the registry entry or None) and ``model.source`` (str).
     """
     target_device = torch.device(device) if device is not None else default_device()
     target_dtype = parse_dtype(dtype, target_device)  # argument errors before any file is read
     _choose_patch_order(patch_order, None, None)
+    if variant is not None and not isinstance(variant, Variant):
+        raise TypeError(f"variant must be a registry entry (birefnet_core.registry.Variant), not "
+                        f"{type(variant).__name__}")
+    given = variant
+    asked = source if isinstance(source, Variant) else find_variant(source) if isinstance(source, str) else None
+    if given is not None and asked is not None and asked is not given:
+        raise ValueError(f"model {asked.name} was asked for with variant={given.name}: give one of them")
     in_memory = isinstance(source, Mapping)
     if in_memory:
         path, variant = None, None
@@ -626,6 +700,7 @@ def load_model(source: Source, *, device: Union[None, str, torch.device] = None,
     else:
         path, variant = _resolve(source, models_dir, token, progress)
         found = identify(read_state_dict(path))  # the file's other tensors (optimiser...) are dropped here
+    variant = variant or given
     family, architecture, sd = found
     del found
     check_tensors(sd, path or "the state dict")
@@ -675,8 +750,9 @@ def _title(family_name: str) -> str:
     return get_family(family_name).title
 
 
-def _check_variant(variant: Variant, family: Family, architecture: Any, path: Optional[Path]) -> None:
+def _check_variant(variant: Variant, family: Family, architecture: Any, path: Union[None, str, Path]) -> None:
     """Refuse the file of registry entry ``variant`` when it holds another family or architecture."""
+    path = path if path is not None else "the state dict"
     if variant.family != family.name:
         raise ValueError(f"{path} should hold model '{variant.name}' (a {_title(variant.family)} {variant.backbone}) "
                          f"but its tensors are a {family.title} checkpoint "
@@ -707,6 +783,6 @@ def _choose_patch_order(requested: Union[None, str, PatchOrder], variant: Option
 
 
 __all__ = ["MODELS_DIR_ENV", "WEIGHTS_SUFFIXES", "Identified", "check_model_name", "check_tensors", "default_device",
-           "default_models_dir", "detect_backbone", "identify", "peek_architecture",
+           "default_models_dir", "detect_backbone", "identify", "older_architecture", "peek_architecture",
            "peek_backbone", "load_model", "load_state_dict_into", "normalise_state_dict", "read_metadata",
            "read_state_dict", "save_weights", "weights_metadata"]

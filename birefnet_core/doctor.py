@@ -346,7 +346,7 @@ class ModelsInfo:
 
 def inspect_weights(path: Path) -> ModelFile:
     """What :func:`birefnet_core.load_model` would find in ``path``, from the header alone."""
-    from .checkpoint import peek_architecture, read_metadata
+    from .checkpoint import _header_tensors, older_architecture, peek_architecture, read_metadata
     from .files import PARTIAL
     from .hub import safetensors_problem
     from .registry import find_variant
@@ -370,7 +370,11 @@ def inspect_weights(path: Path) -> ModelFile:
         return entry
     found = peek_architecture(path)
     if found is None:
-        entry.problem = "not a BiRefNet or FOCUS checkpoint"
+        try:  # why not, where the file says (e.g. the pre-May-2024 BiRefNet decoder)
+            older = older_architecture(_header_tensors(path))
+        except Exception:  # noqa: BLE001 - only informative
+            older = None
+        entry.problem = f"refused: {older}" if older else "not a BiRefNet or FOCUS checkpoint"
         return entry
     family, architecture = found
     entry.family, entry.backbone = family.name, family.describe(architecture)

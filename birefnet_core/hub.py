@@ -37,6 +37,15 @@ memory-mapped and only its inference weights are stored, as ``<folder>/<name>.sa
 (1.5 GB / 4.9 GB; :func:`birefnet_core.convert.convert_file`, written atomically); the downloaded
 ``.pth`` is then removed with the staging folder (a copy in the Hugging Face cache is left alone).
 
+Files other tools already downloaded (:func:`find_copy`): a registry entry's ``copies``
+(:attr:`birefnet_core.registry.Variant.copies`: ComfyUI's ``models/background_removal``, 1038lab's
+``models/RMBG/BiRefNet``, lldacing's ``models/BiRefNet``...) are looked up under ComfyUI's models
+folder, and a complete one whose tensors have the entry's architecture is used where it is: never
+moved, linked or modified. One that is incomplete or holds another model is skipped with a one-line
+warning naming it. :func:`comfy_models_root` tells ComfyUI's models folder from our own models
+folder (``<ComfyUI>/models/birefnet``), so the command line finds them too when
+``BIREFNET_MODELS_DIR`` points there.
+
 huggingface_hub is imported inside the functions only, so importing the core stays fast. No code
 from the Hub is ever executed: only the weights file is fetched.
 """
@@ -51,7 +60,7 @@ import shutil
 import stat
 import threading
 from pathlib import Path
-from typing import Callable, NamedTuple, Optional, Union
+from typing import Callable, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Union
 
 from .files import OutputError, atomic_output, prepare_folder
 from .registry import Variant, find_variant
@@ -119,6 +128,126 @@ def hub_file(source: Union[Variant, str]) -> HubFile:
 def local_path(source: Union[Variant, str], folder: Union[str, Path]) -> Path:
     """Where :func:`download` stores ``source`` in ``folder``."""
     return Path(folder).expanduser() / f"{hub_file(source).name}.safetensors"
+
+
+# ------------------------------------------------------------------- files other tools downloaded
+
+def comfy_models_root(folder: Union[str, Path]) -> Optional[Path]:
+    """ComfyUI's models folder when ``folder`` is the ``birefnet`` folder in it
+    (``<ComfyUI>/models/birefnet``, any case): where ComfyUI's own nodes and other packs keep their
+    files (see :func:`find_copy`). None for any other folder (the default ``~/.cache/birefnet``)."""
+    folder = Path(folder).expanduser()
+    if folder.name.lower() == "birefnet" and folder.parent.name.lower() == "models":
+        return folder.parent
+    return None
+
+
+def copy_candidates(source: Union[Variant, str], roots: Iterable[Union[str, Path]] = (),
+                    key_folders: Optional[Mapping[str, Sequence[Union[str, Path]]]] = None) -> List[Path]:
+    """Where copies of registry entry ``source`` may lie: each of its ``copies`` under each of
+    ``roots`` (ComfyUI models folders), and under the folders ``key_folders`` gives for the copy's
+    first part (ComfyUI's folder keys, lower case: ``{"background_removal": [...], "rmbg": [...]}``,
+    which ``extra_model_paths.yaml`` may extend). No duplicates; nothing is checked on disk. The
+    relative paths are the registry's own constants, never a user's text."""
+    variant = source if isinstance(source, Variant) else find_variant(source)
+    if variant is None:
+        return []
+    folders = {str(k).lower(): list(v) for k, v in (key_folders or {}).items()}
+    roots = [Path(r).expanduser() for r in roots]
+    out: List[Path] = []
+    seen = set()
+    for relative in variant.copies:
+        head, _, rest = relative.partition("/")
+        for path in [root / relative for root in roots] + [Path(f).expanduser() / rest
+                                                           for f in folders.get(head.lower(), [])]:
+            key = os.path.normcase(os.path.abspath(path))
+            if key not in seen:
+                seen.add(key)
+                out.append(path)
+    return out
+
+
+def weights_file_problem(path: Union[str, Path]) -> Optional[str]:
+    """Why the weights file ``path`` is incomplete or damaged, told without reading its tensors
+    (a ``.safetensors`` header and size, a torch zip file's directory), else None."""
+    path = Path(path)
+    if path.suffix.lower() == ".safetensors":
+        return safetensors_problem(path)
+    from .checkpoint import _zip_problem  # (imported here: checkpoint imports this module)
+
+    if path.stat().st_size == 0:
+        return "it is empty"
+    problem = _zip_problem(path)  # a zip-format torch file's directory; None for a legacy pickle
+    return None if problem is None else problem.replace(f"{path} is ", "it is ", 1).split("; ")[0]
+
+
+def _copy_problem(path: Path, variant: Variant) -> Optional[str]:
+    """None when ``path`` is a complete file holding ``variant``'s architecture (for safetensors,
+    read from the header; a pickle's tensors are only checked when it is loaded), else why not."""
+    problem = weights_file_problem(path)
+    if problem is not None:
+        return problem
+    if path.suffix.lower() != ".safetensors":
+        return None
+    from .checkpoint import peek_architecture
+
+    found = peek_architecture(path)
+    if found is None:
+        return "its tensors are not a checkpoint of a known family (or an architecture this pack does not run)"
+    family, architecture = found
+    if family.name != variant.family or family.describe(architecture) != variant.backbone:
+        return (f"it holds a {family.describe(architecture)} {family.title}, not {variant.name}'s "
+                f"{variant.backbone}")
+    return None
+
+
+def find_copy(source: Union[Variant, str], roots: Iterable[Union[str, Path]] = (),
+              key_folders: Optional[Mapping[str, Sequence[Union[str, Path]]]] = None, *,
+              quiet: bool = False) -> Optional[Path]:
+    """The first complete copy of registry entry ``source`` that other tools keep under ComfyUI's
+    models folders ``roots`` (and ``key_folders``, see :func:`copy_candidates`), to be used where it
+    is, else None. Also looked for: the Hugging Face cache layout that ComfyUI_BiRefNet_Universal
+    keeps in ``<root>/BiRefNet/<repo name>`` (read from the folder only, no request).
+
+    A copy that is incomplete, damaged or holds another architecture is skipped with a one-line
+    warning naming the file (no warning with ``quiet``: a listing that runs often)."""
+    variant = source if isinstance(source, Variant) else find_variant(source)
+    if variant is None:
+        return None
+    roots = [Path(r).expanduser() for r in roots]
+    for path in copy_candidates(variant, roots, key_folders):
+        try:
+            if not path.is_file():
+                continue
+            problem = _copy_problem(path, variant)
+        except (OSError, ValueError) as err:
+            problem = " ".join(str(err).split())[:160]
+        if problem is None:
+            return path
+        if not quiet:
+            logger.warning("not using %s for %s: %s", path, variant.name, problem)
+    target = hub_file(variant)
+    for root in roots:
+        cache = root / "BiRefNet" / variant.repo_id.split("/")[1]
+        if not cache.is_dir():
+            continue
+        from huggingface_hub import try_to_load_from_cache
+
+        try:
+            found = try_to_load_from_cache(target.repo_id, target.filename, cache_dir=cache)
+        except Exception:
+            found = None
+        if isinstance(found, str) and not target.slimmed:
+            path = Path(found)
+            try:
+                problem = _copy_problem(path, variant) if path.is_file() else "it is not a file"
+            except (OSError, ValueError) as err:
+                problem = " ".join(str(err).split())[:160]
+            if problem is None:
+                return path
+            if not quiet:
+                logger.warning("not using %s for %s: %s", path, variant.name, problem)
+    return None
 
 
 Progress = Union[bool, Callable[[int, int], None]]

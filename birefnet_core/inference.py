@@ -21,6 +21,8 @@ from typing import Callable, Dict, FrozenSet, Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 
+from .streaming import Downloader, Uploader
+
 logger = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -462,11 +464,22 @@ class Predictor:
         binary: return a 0/1 mask instead of the soft probability: FOCUS's official binary mask
             of interest (its two queries merged, what its evaluator scores); BiRefNet's
             probability > 0.5.
+        refine: two passes for large images (:mod:`birefnet_core.two_pass`): None/False/"off"
+            (default) one pass; "native"/True a second pass on the subject's cut-out at the
+            model's size (FOCUS: its short side, square); N, "N" or "WxH" at that size (larger
+            for HR and dynamic models); or a :class:`~birefnet_core.two_pass.TwoPass` with the
+            box threshold, margin and feather. With ``binary`` both passes are binary and the
+            merged mask is thresholded at 0.5.
+        compile: "off", "on" or "cudagraphs" (:mod:`birefnet_core.compiled`); default the
+            model's own setting (:func:`~birefnet_core.compiled.set_compile`, off unless set).
     """
 
     def __init__(self, model: torch.nn.Module, *, resolution=None, batch_size: int = 1,
-                 dtype: Union[None, str, torch.dtype] = None, binary: bool = False) -> None:
+                 dtype: Union[None, str, torch.dtype] = None, binary: bool = False, refine=None,
+                 compile=None) -> None:
+        from .compiled import compiled_forward
         from .models.families import family_of_model
+        from .two_pass import TwoPass
 
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -477,7 +490,38 @@ class Predictor:
         self.pipeline = self.family.pipeline_class()(model, resolution)
         self.batch_size = batch_size
         self.binary = bool(binary)
+        self.refine = TwoPass.parse(refine)
+        self.refine_pipeline = None
+        self._empty_count = 0
+        if self.refine is not None:
+            size = self.refine.size
+            if size is None or (isinstance(size, str) and size.strip().lower() == "native"):
+                size = self._native_square()
+            self.refine_pipeline = self.family.pipeline_class()(model, Resolution.parse(size))
+        # the pipelines run the network through the compiled module when compiling is on
+        self.forward = compiled_forward(model, compile)
+        for pipeline in (self.pipeline, self.refine_pipeline):
+            if pipeline is not None:
+                pipeline.model = self.forward
         self._warned_memory = False
+
+    def _native_square(self) -> Tuple[int, int]:
+        """The model's own size as a fixed (W, H) for pass 2: a BiRefNet variant's training size,
+        FOCUS's short side squared (keep:N: N x N)."""
+        native = self.family.pipeline_class()(self.model, None).resolution
+        if native.short_side:
+            return native.short_side, native.short_side
+        if native.long_side:
+            return native.long_side, native.long_side
+        return native.width, native.height
+
+    @property
+    def refine_size(self) -> Optional[Tuple[int, int]]:
+        """(H, W) pass 2 runs at, None without ``refine``."""
+        if self.refine_pipeline is None:
+            return None
+        r = self.refine_pipeline.resolution
+        return self.refine_pipeline.network_size(r.height, r.width)
 
     @property
     def resolution(self) -> Resolution:
@@ -496,8 +540,24 @@ class Predictor:
         return next(self.model.parameters()).dtype
 
     def _probabilities(self, chunk: torch.Tensor) -> torch.Tensor:
-        """Probabilities [n, h, w] float32 for one chunk already on the device."""
-        return self.pipeline.probabilities(to_unit_float(chunk), self.dtype, self.binary)
+        """Probabilities [n, h, w] float32 for one chunk already on the device (both passes with
+        ``refine``)."""
+        images = to_unit_float(chunk)
+        probs = self.pipeline.probabilities(images, self.dtype, self.binary)
+        if self.refine_pipeline is None:
+            return probs
+        from .two_pass import refine
+
+        size = self.refine_size
+        first = self.pipeline.network_size(images.shape[-2], images.shape[-1])
+        probs, empty = refine(images, probs, self.refine, size, [first] * len(images),
+                              lambda batch: self.refine_pipeline.probabilities(batch, self.dtype, self.binary))
+        if empty:
+            self._report_empty(len(empty))
+        return (probs >= 0.5).float() if self.binary else probs
+
+    def _report_empty(self, count: int) -> None:
+        self._empty_count += count
 
     def _release_device_memory(self) -> None:
         if self.device.type == "cuda":
@@ -536,25 +596,36 @@ class Predictor:
         elif tuple(out.shape) != (b, h, w) or out.dtype != torch.float32:
             raise ValueError(f"out must be float32 [{b}, {h}, {w}], got {out.dtype} {list(out.shape)}")
         size, start = self.batch_size, 0
-        while start < b:
-            # one chunk at a time on the device: host memory never holds a converted copy of the batch
-            chunk = images[start:start + size].to(self.device, non_blocking=True)
-            if chunk.is_floating_point() and not bool(torch.isfinite(chunk).all()):
-                raise ValueError(f"images {start}..{start + len(chunk) - 1} contain NaN or infinite values")
-            try:
-                probs = self._probabilities(chunk)
-            except OUT_OF_MEMORY:
-                del chunk
-                if size == 1:
-                    raise
-                size = max(1, size // 2)
-                self._release_device_memory()
-                if not self._warned_memory:
-                    logger.warning("out of memory on %s: continuing with %d image(s) per chunk", self.device, size)
-                    self._warned_memory = True
-                continue
-            out[start:start + len(probs)] = probs.to(out.device)
-            start += len(probs)
-            if progress is not None:
-                progress(start, b)
+        self._empty_count = 0
+        # on CUDA with the images in host memory the next chunk is uploaded while this one computes,
+        # and results are downloaded while the next one does (birefnet_core.streaming)
+        uploader = Uploader(images, self.device)
+        with Downloader(self.device, out.device) as downloader:
+            while start < b:
+                # one chunk at a time on the device: host memory never holds a converted copy of the batch
+                chunk = uploader.take(start, start + size)
+                uploader.prefetch(start + size, start + 2 * size)
+                if chunk.is_floating_point() and not bool(torch.isfinite(chunk).all()):
+                    raise ValueError(f"images {start}..{start + len(chunk) - 1} contain NaN or infinite values")
+                try:
+                    probs = self._probabilities(chunk)
+                except OUT_OF_MEMORY:
+                    del chunk
+                    if size == 1:
+                        raise
+                    size = max(1, size // 2)
+                    self._release_device_memory()
+                    if not self._warned_memory:
+                        logger.warning("out of memory on %s: continuing with %d image(s) per chunk", self.device,
+                                       size)
+                        self._warned_memory = True
+                    continue
+                downloader.put(out[start:start + len(probs)], probs)
+                downloader.next_chunk()
+                start += len(probs)
+                if progress is not None:
+                    progress(start, b)
+        if self._empty_count:
+            logger.warning("two-pass: no subject found (nothing at or above %.2f) in %d of %d image(s): pass 2 "
+                           "skipped there, their masks are pass 1's", self.refine.threshold, self._empty_count, b)
         return out

@@ -16,6 +16,13 @@ Naming and existing files:
   already is refused unless ``--overwrite``. Nothing is overwritten that this run did not write.
 * Each file is written under a temporary name and moved into place when complete: an interrupted
   run (Ctrl-C: status 130) leaves complete files only.
+
+Under ``torchrun --nproc_per_node=N -m birefnet_core predict ...`` the images are shared between
+the N processes (one GPU each: ``cuda:LOCAL_RANK``), see :mod:`birefnet_core.distributed`: every
+process checks the whole job as above (same names, same refusals, same message everywhere), then
+does its share (round-robin over the input order); an image that fails is named with its reason
+and the others go on; process 0 draws the job's progress and lists every failed image at the
+end, and every process then exits with 1. The outputs are those of one process.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import Dict, Iterator, List, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -104,18 +111,56 @@ def write_outputs(rgb: torch.Tensor, probs: torch.Tensor, out_dir: Path, stem: s
     return mask_path, rgba_path
 
 
+def _group_is_complete(group: Sequence[Tuple[Path, torch.Tensor]], image: torch.Tensor, batch_size: int) -> bool:
+    return bool(group) and (len(group) == batch_size or group[0][1].shape != image.shape
+                            or group[0][1].dtype != image.dtype)
+
+
 def batches(files: Sequence[Path], batch_size: int) -> Iterator[List[Tuple[Path, torch.Tensor]]]:
     """Consecutive images of equal size and dtype, up to ``batch_size`` at a time."""
     group: List[Tuple[Path, torch.Tensor]] = []
     for path in files:
         image = read_image(path)
-        if group and (len(group) == batch_size or group[0][1].shape != image.shape
-                      or group[0][1].dtype != image.dtype):
+        if _group_is_complete(group, image, batch_size):
             yield group
             group = []
         group.append((path, image))
     if group:
         yield group
+
+
+def batches_or_failures(files: Sequence[Path], batch_size: int
+                        ) -> Iterator[Tuple[List[Tuple[Path, torch.Tensor]], Optional[Tuple[Path, Exception]]]]:
+    """As :func:`batches`, yielding ``(group, None)``, with unreadable files in their place in
+    the order as ``([], (path, error))`` (the shared job goes on after them)."""
+    group: List[Tuple[Path, torch.Tensor]] = []
+    for path in files:
+        try:
+            image = read_image(path)
+        except Exception as exc:  # noqa: BLE001 - recorded with its reason, the next file follows
+            if group:
+                yield group, None
+                group = []
+            yield [], (path, exc)
+            continue
+        if _group_is_complete(group, image, batch_size):
+            yield group, None
+            group = []
+        group.append((path, image))
+    if group:
+        yield group, None
+
+
+REFINE_HELP = ("two passes for large images: find the subject at --resolution, then segment its cut-out from the "
+               "full-resolution image again at SIZE (N or WxH; without SIZE the model's own), merged with a feathered "
+               "edge (see birefnet_core.two_pass)")
+
+
+def add_compile_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--compile", nargs="?", const="on", default="off", choices=["off", "on", "cudagraphs"],
+                        help="torch.compile the network: on (when given alone), cudagraphs (also CUDA graphs, for a "
+                             "fixed size and batch) or off (the default); the first batch of each size compiles "
+                             "(see birefnet_core.compiled)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -128,6 +173,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resolution", default=None,
                         help="native (default), WxH, N, keep:N (keep aspect, long side N) or short:N[:M] "
                              "(keep aspect, short side N, long side at most M; FOCUS's native is short:512:2048)")
+    parser.add_argument("--refine", nargs="?", const="native", default=None, metavar="SIZE",
+                        help=REFINE_HELP)
+    add_compile_argument(parser)
     parser.add_argument("--binary", action="store_true",
                         help="write the model's 0/1 mask instead of the soft one (FOCUS: its official mask of "
                              "interest; BiRefNet: probability > 0.5)")
@@ -143,9 +191,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .checkpoint import load_model
+    from .distributed import launched
     from .inference import Predictor
     from .progress import ConsoleProgress
 
+    if launched():
+        return run_shared(args)
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     files = find_images(args.inputs)
@@ -158,7 +209,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         model = load_model(args.model, device=args.device, dtype=args.dtype, patch_order=args.patch_order,
                            models_dir=args.models_dir)
-        predictor = Predictor(model, resolution=args.resolution, batch_size=args.batch_size, binary=args.binary)
+        predictor = Predictor(model, resolution=args.resolution, batch_size=args.batch_size, binary=args.binary,
+                              refine=args.refine, compile=args.compile)
         with ConsoleProgress(len(files), "predict") as bar:
             for group in batches(files, args.batch_size):
                 probs = predictor.predict(torch.stack([image for _, image in group]), layout="BHWC")
@@ -174,3 +226,84 @@ def run(args: argparse.Namespace) -> int:
             remove_if_empty(out_dir)
     print(f"wrote {2 * len(files)} files to {out_dir}")
     return 0
+
+
+def run_shared(args: argparse.Namespace) -> int:
+    """``run`` as one of the processes of a torchrun launch (see the module doc)."""
+    from .distributed import JobError, SharedJob
+
+    job = SharedJob.start(args.device)
+    try:
+        return _predict_shared(args, job)
+    except JobError as exc:
+        return job.fail(exc)
+    finally:
+        job.close()
+
+
+def _predict_shared(args: argparse.Namespace, job) -> int:
+    from .checkpoint import load_model
+    from .distributed import print_failures
+    from .inference import Predictor
+
+    out_dir = Path(args.out)
+
+    def plan():  # the whole job, on every process alike, before anything is created or loaded
+        if args.batch_size < 1:
+            raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+        files = find_images(args.inputs)
+        stems = output_stems(files)
+        planned = [path for stem in stems.values() for path in output_paths(out_dir, stem)]
+        check_outputs(planned, files, overwrite=args.overwrite)
+        return files, stems, out_dir.exists()
+
+    files, stems, existed = job.agree(plan, same=lambda p: job.fingerprint([*p[0], *p[1].values()]))
+    job.assign([str(path) for path in files])
+    mine = [files[i] for i in job.mine]
+
+    def report(outcome) -> None:  # process 0, for the whole job
+        written = sum(outcome.written.values())
+        shares = " + ".join(str(outcome.written.get(r, "?")) for r in range(job.world))
+        print(f"wrote {2 * written} files to {out_dir} ({written} of {len(files)} images; {job.world} processes: "
+              f"{shares})")
+        print_failures(outcome, len(files), "image")
+
+    try:
+        job.agree(lambda: prepare_folder(out_dir))
+        model = job.load_in_turns(lambda: load_model(args.model, device=str(job.ctx.device), dtype=args.dtype,
+                                                     patch_order=args.patch_order, models_dir=args.models_dir))
+        with job.progress("predict"):
+            if mine:
+                predictor = Predictor(model, resolution=args.resolution, batch_size=args.batch_size,
+                                      binary=args.binary, refine=args.refine, compile=args.compile)
+                try:
+                    _predict_share(job, predictor, mine, stems, out_dir, args.batch_size)
+                except KeyboardInterrupt:
+                    raise KeyboardInterrupt(f"{job.prefix}: {job.written} of its {len(mine)} image(s) done; their "
+                                            f"outputs in {out_dir} are complete") from None
+            return job.finish(report)
+    finally:
+        if job.main and not existed:
+            remove_if_empty(out_dir)
+
+
+def _predict_share(job, predictor, mine: Sequence[Path], stems: Dict[Path, str], out_dir: Path,
+                   batch_size: int) -> None:
+    """This process's images; one that fails is recorded with its reason, the next follows."""
+    for group, failure in batches_or_failures(mine, batch_size):
+        if failure is not None:
+            job.failed(str(failure[0]), failure[1])
+            continue
+        try:
+            probs = predictor.predict(torch.stack([image for _, image in group]), layout="BHWC")
+        except Exception as exc:  # noqa: BLE001 - the group's images fail, the next group follows
+            for path, _ in group:
+                job.failed(str(path), exc)
+            continue
+        for (path, image), prob in zip(group, probs):
+            try:
+                write_outputs(image, prob, out_dir, stems[path])
+            except Exception as exc:  # noqa: BLE001 - recorded, the next image follows
+                job.failed(str(path), exc)
+                continue
+            job.succeeded(path.name)

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .inference import Predictor, as_images, to_unit_float
+from .streaming import Downloader, Uploader
 from .matting import Color, MatteOptions, over_color, parse_color, refine_matte, threshold
 
 SMOOTHING_PRESETS = {"off": 0.0, "light": 0.4, "strong": 0.7}
@@ -231,26 +232,32 @@ def matte_frames(
     if matte is not None and not colours and matte.foreground != "none":
         matte = replace(matte, foreground="none")  # colours nobody reads: only the alpha steps run
     device = predictor.device
-    for start in range(0, n, predictor.batch_size):
-        stop = min(n, start + predictor.batch_size)
-        chunk = to_unit_float(pixels[start:stop].to(device))
-        probs = predictor.predict(chunk, layout="BCHW")
-        if smoother is not None:
-            probs = smoother(chunk, probs)
-        if mask_threshold:
-            probs = threshold(probs, mask_threshold)
-        if matte is not None:
-            chunk, probs = refine_matte(chunk, probs, matte)
-        # each output is written straight from the chunk (converted to its dtype on the copy)
-        if outputs.mask is not None:
-            outputs.mask[start:stop] = probs.to(outputs.mask.device)
-        if outputs.rgba is not None:
-            rgb = chunk if rgba_fill is None else over_color(chunk, probs, rgba_fill)
-            outputs.rgba[start:stop, ..., :3] = rgb.movedim(1, -1).to(outputs.rgba.device)
-            outputs.rgba[start:stop, ..., 3] = probs.to(outputs.rgba.device)
-        if outputs.composite is not None:
-            outputs.composite[start:stop] = over_color(chunk, probs, background_color).movedim(1, -1).to(
-                outputs.composite.device)
-        if progress is not None:
-            progress(stop, n)
+    step = predictor.batch_size
+    # uploads one chunk ahead and downloads one behind on CUDA (birefnet_core.streaming)
+    uploader = Uploader(pixels, device)
+    with Downloader(device, getattr(outputs, outputs.computed[0]).device) as downloader:
+        for start in range(0, n, step):
+            stop = min(n, start + step)
+            chunk = uploader.take(start, stop)
+            uploader.prefetch(stop, stop + step)
+            chunk = to_unit_float(chunk)
+            probs = predictor.predict(chunk, layout="BCHW")
+            if smoother is not None:
+                probs = smoother(chunk, probs)
+            if mask_threshold:
+                probs = threshold(probs, mask_threshold)
+            if matte is not None:
+                chunk, probs = refine_matte(chunk, probs, matte)
+            # each output is written straight from the chunk (converted to its dtype on the device)
+            if outputs.mask is not None:
+                downloader.put(outputs.mask[start:stop], probs)
+            if outputs.rgba is not None:
+                rgb = chunk if rgba_fill is None else over_color(chunk, probs, rgba_fill)
+                downloader.put(outputs.rgba[start:stop, ..., :3], rgb.movedim(1, -1))
+                downloader.put(outputs.rgba[start:stop, ..., 3], probs)
+            if outputs.composite is not None:
+                downloader.put(outputs.composite[start:stop], over_color(chunk, probs, background_color).movedim(1, -1))
+            downloader.next_chunk()
+            if progress is not None:
+                progress(stop, n)
     return outputs

@@ -1,11 +1,13 @@
 """The only module of the pack that touches ComfyUI.
 
-Inside ComfyUI it uses ``folder_paths`` (the ``birefnet`` model folder, ``extra_model_paths.yaml``),
+Inside ComfyUI it uses ``folder_paths`` (the ``birefnet`` model folder, ``extra_model_paths.yaml``,
+and the folders where ComfyUI's own nodes and other packs keep checkpoints we can reuse),
 ``comfy.model_management`` (devices, memory, interruption), ``comfy.model_patcher.ModelPatcher``
 (so "Unload models" frees the model and other models can evict it), ``comfy.utils.ProgressBar``
 and the server's messages to the frontend. Without ComfyUI (tests, scripts) the same functions
 fall back to plain PyTorch: the device from torch, the models folder from ``BIREFNET_MODELS_DIR``
-(or the core's default), a console progress bar.
+(or the core's default; other tools' files are looked for beside it only when it is
+``<ComfyUI>/models/birefnet``), a console progress bar.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Callable, FrozenSet, List, Optional
+from typing import Callable, Dict, FrozenSet, List, Optional
 
 import torch
 
+from ..birefnet_core import hub
 from ..birefnet_core.checkpoint import WEIGHTS_SUFFIXES, default_device, default_models_dir
 from ..birefnet_core.progress import ConsoleProgress
 
@@ -83,6 +86,45 @@ def model_file(key: str, name: str) -> Optional[Path]:
         if candidate.is_file():
             return candidate
     return None
+
+
+def other_models_roots() -> List[Path]:
+    """ComfyUI's models folder, under which ComfyUI's own nodes and other packs keep their files
+    (``background_removal/``, ``RMBG/BiRefNet/``, ``BiRefNet/``...): ``folder_paths.models_dir``
+    inside ComfyUI; outside, the parent of ``BIREFNET_MODELS_DIR`` when that is
+    ``<ComfyUI>/models/birefnet``; else none."""
+    if IN_COMFYUI:
+        return [Path(folder_paths.models_dir)]
+    configured = os.environ.get("BIREFNET_MODELS_DIR")
+    root = hub.comfy_models_root(configured) if configured else None
+    return [root] if root is not None else []
+
+
+def other_key_folders() -> Dict[str, List[Path]]:
+    """ComfyUI's folders by (lower-case) folder key, ``extra_model_paths.yaml`` included: where
+    ``background_removal``, 1038lab's ``rmbg`` and the other keys' files also lie; {} outside
+    ComfyUI."""
+    if not IN_COMFYUI:
+        return {}
+    folders: Dict[str, List[Path]] = {}
+    for key in list(folder_paths.folder_names_and_paths):
+        try:
+            paths = folder_paths.get_folder_paths(key)
+        except Exception:  # a key another pack registered oddly: not ours to judge
+            continue
+        folders.setdefault(str(key).lower(), []).extend(Path(p) for p in paths)
+    return folders
+
+
+def find_copy(variant, quiet: bool = False) -> Optional[Path]:
+    """A complete copy of registry entry ``variant`` that ComfyUI's own nodes or another pack
+    downloaded (see :func:`birefnet_core.hub.find_copy`), to be used where it is, else None.
+    ``quiet``: no warning about broken copies (for listings, which run often)."""
+    roots = other_models_roots()
+    keys = other_key_folders()
+    if not roots and not keys:
+        return None
+    return hub.find_copy(variant, roots, keys, quiet=quiet)
 
 
 def device_choices() -> List[str]:

@@ -9,6 +9,7 @@ import torch
 
 from ..birefnet_core.inference import Predictor, Resolution
 from ..birefnet_core.matting import FOREGROUND_METHODS, MatteOptions, parse_color
+from ..birefnet_core.two_pass import REFINE_SIZES
 from ..birefnet_core.video import OUTPUT_NAMES, VideoOutputs, matte_frames
 from . import comfy
 from .matte import FOREGROUND_TOOLTIP
@@ -53,10 +54,26 @@ _VHS_16BIT_FORMATS = ("video/16bit-png", "video/ffv1-mkv")
 _WARNED_NOTHING_LINKED = set()
 
 
-def precision_inputs() -> dict:
-    """The output dtype widget Segment and Video Frames share (the last optional input: saved
-    workflows store widgets by position)."""
-    return {"output_precision": (list(OUTPUT_PRECISIONS), {"default": "float32", "tooltip": PRECISION_TOOLTIP})}
+REFINE_CHOICES = ["off", *REFINE_SIZES]
+REFINE_TOOLTIP = (
+    "Two passes for large photos (4K and up) and small subjects: pass 1 finds the subject at the resolution "
+    "above, pass 2 segments its cut-out (all parts, with a margin) from the full-resolution image again at this "
+    "size, merged with a feathered edge. native: the model's own size (FOCUS: 512x512); larger sizes suit HR and "
+    "dynamic models. Costs up to a second forward pass per image; images where nothing is found keep pass 1."
+)
+
+
+def optional_inputs() -> dict:
+    """The optional widgets Segment and Video Frames share, output dtype then two-pass refine (new
+    widgets go at the end: saved workflows store widgets by position)."""
+    return {"output_precision": (list(OUTPUT_PRECISIONS), {"default": "float32", "tooltip": PRECISION_TOOLTIP}),
+            "refine": (REFINE_CHOICES, {"default": "off", "tooltip": REFINE_TOOLTIP})}
+
+
+def refine_setting(refine: str) -> Optional[str]:
+    if refine not in REFINE_CHOICES:
+        raise ValueError(f"refine must be one of {', '.join(REFINE_CHOICES)}, got {refine!r}")
+    return None if refine == "off" else refine
 
 
 def outputs_to_compute(names: Sequence[str], prompt, node_id) -> Tuple[str, ...]:
@@ -155,7 +172,8 @@ class BiRefNetSegment:
         "the region its task names (salient object, camouflaged object, shadow, defocus-blurred region, "
         "forged region; see the loader's tooltip). Outputs the mask, "
         "the image with the mask as alpha (RGBA, for saving with transparency or alpha video) and the image "
-        "composited on a colour (RGB, for nodes that expect three channels). Runs in chunks of batch_size "
+        "composited on a colour (RGB, for nodes that expect three channels). refine: a second pass on the "
+        "subject's cut-out at full resolution, for 4K photos and fine detail. Runs in chunks of batch_size "
         "with a progress bar; Cancel stops at the next chunk. Only the outputs the workflow links are computed "
         "(the others are 1-pixel placeholders), in float32 or float16."
     )
@@ -197,7 +215,7 @@ class BiRefNetSegment:
             },
             "optional": {
                 "binary_mask": ("BOOLEAN", {"default": False, "tooltip": BINARY_TOOLTIP}),
-                **precision_inputs(),
+                **optional_inputs(),
             },
             "hidden": {"node_id": "UNIQUE_ID", "prompt": "PROMPT"},
         }
@@ -209,7 +227,7 @@ class BiRefNetSegment:
     def segment(self, model: comfy.ManagedModel, image: torch.Tensor, resolution: str, width: int, height: int,
                 long_side: int, batch_size: int, mask_threshold: float, background: str, background_color: str,
                 foreground: str = "blur_fusion", binary_mask: bool = False, output_precision: str = "float32",
-                node_id: Optional[str] = None, prompt: Optional[dict] = None):
+                refine: str = "off", node_id: Optional[str] = None, prompt: Optional[dict] = None):
         if background not in BACKGROUNDS:
             raise ValueError(f"background must be one of {', '.join(BACKGROUNDS)}, got {background!r}")
         parse_color(background_color)  # a bad colour fails before the model runs
@@ -222,7 +240,8 @@ class BiRefNetSegment:
         if not 0.0 <= mask_threshold <= 1.0:
             raise ValueError(f"mask_threshold must be in 0..1, got {mask_threshold}")
         size = resolution_for(model, resolution, width, height, long_side)
-        predictor = Predictor(model.ready(), resolution=size, batch_size=batch_size, binary=binary_mask)
+        predictor = Predictor(model.ready(), resolution=size, batch_size=batch_size, binary=binary_mask,
+                              refine=refine_setting(refine))
         n = int(image.shape[0])
         # chunk by chunk into the outputs the workflow links, each in the chosen dtype: the batch is
         # never converted or copied whole (foreground colours are estimated per chunk on the model's device)

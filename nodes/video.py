@@ -14,7 +14,7 @@ from ..birefnet_core.video import SMOOTHING_PRESETS, TemporalSmoother, matte_fra
 from . import comfy
 from .matte import FOREGROUND_TOOLTIP
 from .segment import (check_float16_consumers, node_outputs, output_dtype, outputs_fingerprint, outputs_to_compute,
-                      precision_inputs, resolution_for, resolution_inputs)
+                      optional_inputs, refine_setting, resolution_for, resolution_inputs)
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class BiRefNetVideoMatte:
                 "background_color": ("STRING", {"default": "#ffffff",
                                                 "tooltip": "Colour behind the subject in the composite output."}),
             },
-            "optional": precision_inputs(),
+            "optional": optional_inputs(),
             "hidden": {"node_id": "UNIQUE_ID", "prompt": "PROMPT"},
         }
 
@@ -84,8 +84,8 @@ class BiRefNetVideoMatte:
 
     def matte(self, model: comfy.ManagedModel, frames: torch.Tensor, batch_size: int, resolution: str, width: int,
               height: int, long_side: int, temporal_smoothing: str, smoothing_strength: float, foreground: str,
-              background_color: str, output_precision: str = "float32", node_id: str = "standalone",
-              prompt: Optional[dict] = None):
+              background_color: str, output_precision: str = "float32", refine: str = "off",
+              node_id: str = "standalone", prompt: Optional[dict] = None):
         if temporal_smoothing not in SMOOTHING:
             raise ValueError(f"temporal_smoothing must be one of {', '.join(SMOOTHING)}, got {temporal_smoothing!r}")
         if frames.dim() != 4 or frames.shape[-1] not in (1, 3, 4):
@@ -96,7 +96,7 @@ class BiRefNetVideoMatte:
             check_float16_consumers(prompt, node_id)
         strength = smoothing_strength if temporal_smoothing == "custom" else SMOOTHING_PRESETS[temporal_smoothing]
         predictor = Predictor(model.ready(), resolution=resolution_for(model, resolution, width, height, long_side),
-                              batch_size=batch_size)
+                              batch_size=batch_size, refine=refine_setting(refine))
         # work on a copy: a cancelled or failed window leaves the stored state as it was
         smoother = copy.deepcopy(smoother_for(str(node_id), strength))
         outputs = matte_frames(

@@ -43,6 +43,8 @@ def test_quick_run_on_cpu_prints_every_part_and_writes_one_json_entry_per_row(tm
         ("focus small (width 128, depth 4) 128x96", "bfloat16", 1)]
     assert all(r["unit"] == "ms/image" and r["value"] > 0 for r in by_part["focus"])
     assert by_part["focus"][0]["note"] == "attention: portable"
+    assert [(r["value"], r["note"]) for r in by_part["compile"]] == [
+        (None, "CUDA only (Inductor on a CPU takes minutes)")]
     assert all(r["goal"] is None for r in data["rows"])  # goals are for the full sizes on a GPU
 
 
@@ -50,7 +52,8 @@ def test_full_settings_time_focus_l_and_g_at_the_default_test_size():
     import argparse
 
     s = bench.GpuSettings.for_args(argparse.Namespace(device="cpu", quick=False, repeats=0))
-    assert bench.GPU_PARTS[-1] == "focus" and bench.GPU_PARTS[:4] == ("model", "deform", "video", "train")
+    # the compiled path last: two compilations, the least needed figures when time runs out
+    assert bench.GPU_PARTS == ("model", "deform", "video", "train", "focus", "compile")
     assert s.focus_models == ("focus_dinov2_l", "focus_dinov2_g") and s.focus_image == (512, 683)
     assert s.focus_batches == (1, 8) and s.focus_dtype == torch.bfloat16 and s.focus_repeats == 5
     assert bench.GpuSettings.for_args(argparse.Namespace(device="cpu", quick=True, repeats=3)).focus_repeats == 3

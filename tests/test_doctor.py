@@ -29,6 +29,12 @@ def models_dir(tiny_checkpoint, tmp_path_factory):
     (folder / "x.safetensors").write_text("not a checkpoint\n")
     (folder / "old.pth").write_bytes(b"\x80\x04K\x01.")
     (folder / "notes.txt").write_text("not a weights file\n")
+    # the decoder of the official code before May 2024 (no decoder.ipt_blk5): refused, and doctor says why
+    from safetensors.torch import load_file, save_file
+
+    tiny = load_file(str(tiny_checkpoint))
+    save_file({k: v for k, v in tiny.items() if not k.startswith("decoder.ipt_blk5.")},
+              str(folder / "BiRefNet-ep480.safetensors"))
     if importlib.util.find_spec("cv2") is not None:  # a small FOCUS, in bfloat16 to keep the file small
         from safetensors.torch import save_file
 
@@ -76,7 +82,10 @@ def test_models_section_reads_headers_only(doctor_run, models_dir):
     assert str(models_dir) in text and "--models-dir" in text
     files = {f["name"]: f for f in report["models"]["files"]}
     focus = {"small_focus.safetensors"} if importlib.util.find_spec("cv2") is not None else set()
-    assert set(files) == {"tiny.safetensors", "BiRefNet_lite.safetensors", "x.safetensors", "old.pth"} | focus
+    assert set(files) == {"tiny.safetensors", "BiRefNet_lite.safetensors", "x.safetensors", "old.pth",
+                          "BiRefNet-ep480.safetensors"} | focus
+    assert files["BiRefNet-ep480.safetensors"]["problem"].startswith("refused: this BiRefNet checkpoint has the "
+                                                                     "decoder of the official code before 2024-05-02")
     if focus:
         assert files["small_focus.safetensors"]["family"] == "focus" and files["small_focus.safetensors"]["problem"] is None
         assert re.search(r"^  small_focus\.safetensors .* FOCUS custom focus \(width 128, depth 4\)$", text, re.M)

@@ -20,6 +20,7 @@ import torch
 from birefnet_core.__main__ import main
 from birefnet_core.train import evaluate
 from birefnet_core.train.metrics import (
+    boundary_f_measure,
     METRIC_NAMES,
     SegmentationMetrics,
     evaluate_arrays,
@@ -535,3 +536,32 @@ def test_eval_prints_the_results_when_the_csv_cannot_be_written(folders, capsys,
     assert main(["eval", "--pred", str(pred_dir), "--gt", str(gt_dir), "--metrics", "S", "--csv",
                  str(ground_truth)]) == 1
     assert "is the input" in capsys.readouterr().err and ground_truth.read_bytes() == before
+
+
+@needs_train_extra
+def test_boundary_f_measure_counts_outline_pixels_within_the_tolerance():
+    gt = np.zeros((40, 40), dtype=bool)
+    gt[10:30, 10:30] = True  # outline: 76 pixels
+    assert boundary_f_measure(gt.astype(np.float32), gt) == 1.0
+    shifted = np.zeros_like(gt)
+    shifted[12:32, 10:30] = True  # moved 2 px down: every outline pixel is within 2 px of the other outline
+    assert boundary_f_measure(shifted.astype(np.float32), gt, tolerance=2) == 1.0
+    # at tolerance 1 only the vertical sides match (y within 1 px) and the corners do not: P = R = 36/76
+    # (the side columns' rows 12..29 of 10..29, the horizontal rows none)
+    value = boundary_f_measure(shifted.astype(np.float32), gt, tolerance=1)
+    pred_edge = shifted & ~np.pad(shifted, 1)[2:, 1:-1] | shifted & ~np.pad(shifted, 1)[:-2, 1:-1] \
+        | shifted & ~np.pad(shifted, 1)[1:-1, 2:] | shifted & ~np.pad(shifted, 1)[1:-1, :-2]
+    assert pred_edge.sum() == 76
+    rows, cols = np.nonzero(pred_edge)
+    gy, gx = np.nonzero(gt & ~(np.pad(gt, 1)[2:, 1:-1] & np.pad(gt, 1)[:-2, 1:-1] & np.pad(gt, 1)[1:-1, 2:]
+                               & np.pad(gt, 1)[1:-1, :-2]))
+    near = [(np.hypot(gy - r, gx - c) <= 1).any() for r, c in zip(rows, cols)]
+    assert value == pytest.approx(sum(near) / 76)  # symmetric shapes: P = R, so F = P
+    assert 0.3 < value < 0.7
+    assert boundary_f_measure(np.zeros((8, 8)), np.zeros((8, 8), dtype=bool)) == 1.0
+    assert boundary_f_measure(np.zeros((8, 8)), gt[:8, :8] | True) == 0.0
+    # a 1-pixel-wide strand missed entirely: recall drops by its outline's share
+    strand = gt.copy()
+    strand[5, 0:40] = True
+    missed = boundary_f_measure(gt.astype(np.float32), strand)
+    assert missed < 0.8

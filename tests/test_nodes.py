@@ -73,11 +73,11 @@ def test_widget_names_and_order_are_stable(nodes):
     assert list(nodes["BiRefNetSegment"].INPUT_TYPES()["required"]) == [
         "model", "image", "resolution", "width", "height", "long_side", "batch_size", "mask_threshold",
         "background", "background_color", "foreground"]
-    assert list(nodes["BiRefNetSegment"].INPUT_TYPES()["optional"]) == ["binary_mask", "output_precision"]
+    assert list(nodes["BiRefNetSegment"].INPUT_TYPES()["optional"]) == ["binary_mask", "output_precision", "refine"]
     assert list(nodes["BiRefNetVideoMatte"].INPUT_TYPES()["required"]) == [
         "model", "frames", "batch_size", "resolution", "width", "height", "long_side", "temporal_smoothing",
         "smoothing_strength", "foreground", "background_color"]
-    assert list(nodes["BiRefNetVideoMatte"].INPUT_TYPES()["optional"]) == ["output_precision"]
+    assert list(nodes["BiRefNetVideoMatte"].INPUT_TYPES()["optional"]) == ["output_precision", "refine"]
 
 
 def test_loader_and_segment_on_a_checkpoint_in_the_model_folder(nodes, core, models_dir, tiny_checkpoint):
@@ -97,6 +97,24 @@ def test_loader_and_segment_on_a_checkpoint_in_the_model_folder(nodes, core, mod
     # the node's mask is the core Predictor's
     want = core.Predictor(model.ready(), resolution=64).predict(batch.movedim(-1, 1))
     torch.testing.assert_close(mask, want)
+
+
+def test_segment_and_video_refine_run_the_core_two_pass(nodes, core, models_dir, tiny_checkpoint):
+    (model,) = nodes["BiRefNetLoader"]().load(place(tiny_checkpoint, models_dir), "cpu", "float32", "auto")
+    batch = images(batch=1, h=40, w=60)
+    seen = []
+    hook = model.ready().register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape)))
+    mask, _, _ = nodes["BiRefNetSegment"]().segment(model, batch, **SEGMENT_DEFAULTS, refine="1024")
+    # pass 1 at the 64x64 resolution widget, pass 2 on the cut-out at 1024 (the tiny model finds a subject)
+    assert seen == [(1, 3, 64, 64), (1, 3, 1024, 1024)]
+    want = core.Predictor(model.ready(), resolution=64, refine="1024").predict(batch.movedim(-1, 1))
+    torch.testing.assert_close(mask, want)
+    seen.clear()
+    nodes["BiRefNetVideoMatte"]().matte(model, batch, **VIDEO_DEFAULTS, refine="1024")
+    hook.remove()
+    assert seen == [(1, 3, 64, 64), (1, 3, 1024, 1024)]
+    with pytest.raises(ValueError, match="refine must be one of off, native"):
+        nodes["BiRefNetSegment"]().segment(model, batch, **SEGMENT_DEFAULTS, refine="4096")
 
 
 def test_segment_options(nodes, models_dir, tiny_checkpoint):

@@ -44,6 +44,25 @@ def test_predict_writes_a_mask_and_a_cutout_per_image(tmp_path, tiny_checkpoint)
     assert (written - probs).abs().max() <= 0.5 / 255 + 1e-6
 
 
+def test_predict_refine_runs_the_two_pass_predictor(tmp_path, tiny_checkpoint):
+    rng = np.random.default_rng(5)
+    image = tmp_path / "big.png"
+    Image.fromarray(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)).save(image)
+    out = tmp_path / "out"
+    result = cli(image, "--model", tiny_checkpoint, "--out", out, "--resolution", "64", "--refine", "96",
+                 "--device", "cpu", "--dtype", "float32")
+    assert result.returncode == 0, result.stderr
+    pixels = torch.from_numpy(np.array(Image.open(image).convert("RGB")))
+    model = load_model(tiny_checkpoint, device="cpu", dtype="float32")
+    two = Predictor(model, resolution=64, refine=96).predict(pixels)[0]
+    one = Predictor(model, resolution=64).predict(pixels)[0]
+    written = torch.from_numpy(np.array(Image.open(out / "big_mask.png"))).float() / 255
+    assert (written - two).abs().max() <= 0.5 / 255 + 1e-6
+    assert (two - one).abs().max() > 2 / 255  # the second pass changed the mask
+    bad = cli(image, "--model", tiny_checkpoint, "--out", tmp_path / "o2", "--refine", "keep:512", "--device", "cpu")
+    assert bad.returncode == 1 and "fixed size" in bad.stderr and bad.stderr.strip().count("\n") == 0
+
+
 def test_predict_errors_are_one_line(tmp_path, tiny_checkpoint):
     image = tmp_path / "x.png"
     Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(image)

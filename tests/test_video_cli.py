@@ -64,18 +64,20 @@ def cli(*args):
                           capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("name, codec, alpha_max, alpha_mean, rgb_mean", [
-    pytest.param("out.mov", "prores", 0.5 / 255, 0.2 / 255, 1.5 / 255, id="prores4444"),
-    pytest.param("out.webm", "vp9", 16 / 255, 2.0 / 255, 5 / 255, id="vp9"),
-    pytest.param("frames/", None, 0.5 / 255 + 1e-6, 0.5 / 255, 0.5 / 255 + 1e-6, id="png"),
+@pytest.mark.parametrize("name, codec, alpha_max, alpha_mean, rgb_mean, foreground", [
+    pytest.param("out.mov", "prores", 0.5 / 255, 0.2 / 255, 1.5 / 255, "--foreground", id="prores4444"),
+    pytest.param("out.webm", "vp9", 16 / 255, 2.0 / 255, 5 / 255, "--foreground", id="vp9"),
+    # --refine METHOD, the option's former name, still names the foreground method
+    pytest.param("frames/", None, 0.5 / 255 + 1e-6, 0.5 / 255, 0.5 / 255 + 1e-6, "--refine", id="png"),
 ])
 def test_video_writes_the_alpha_of_matte_frames(tmp_path, clip, tiny_checkpoint, expected, name, codec, alpha_max,
-                                                alpha_mean, rgb_mean):
+                                                alpha_mean, rgb_mean, foreground):
     out = tmp_path / name
     result = cli(clip, "--model", tiny_checkpoint, "--out", f"{out}/" if name.endswith("/") else out,
-                 "--resolution", "64", "--batch-size", BATCH, "--smoothing", "light", "--refine", "none",
+                 "--resolution", "64", "--batch-size", BATCH, "--smoothing", "light", foreground, "none",
                  "--device", "cpu")
     assert result.returncode == 0, result.stderr
+    assert ("--refine none is now --foreground none" in result.stderr) == (foreground == "--refine")
     assert f"wrote {N} frames" in result.stdout and "audio not copied" in result.stdout
     if codec is None:
         assert sorted(p.name for p in out.iterdir()) == [f"frame_{i:06d}.png" for i in range(1, N + 1)]

@@ -1,7 +1,9 @@
 """Multi-process training with ``torchrun`` (PyTorch DDP): gloo on CPU, NCCL on CUDA.
 
-:func:`setup` reads torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``) and starts
-the process group; a plain ``python -m birefnet_core.train`` is one process and needs none.
+:func:`setup` (from :mod:`birefnet_core.distributed`, which the ``predict`` and ``video`` commands
+use as well) reads torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``), picks the
+device and starts the process group; a plain ``python -m birefnet_core.train`` is one process and
+needs none.
 
 :class:`GlobalBatchNorm2d` is batch normalisation over the global batch (all processes),
 for every backend: torch's ``SyncBatchNorm`` refuses CPU tensors, and without it each process
@@ -13,56 +15,11 @@ is plain batch norm.
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
-from typing import Optional
-
 import torch
 import torch.distributed as dist
 from torch import nn
 
-
-@dataclass(frozen=True)
-class Context:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup(device: Optional[str] = None) -> Context:
-    """The process's place in the run, and its device: ``cuda:LOCAL_RANK`` when CUDA is there
-    (or ``device`` when given), else cpu. Starts the process group under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device is not None and device != "auto":
-        target = torch.device(device)
-        if target.type == "cuda" and target.index is None:
-            target = torch.device("cuda", local)
-    elif torch.cuda.is_available():
-        target = torch.device("cuda", local)
-    else:
-        mps = getattr(torch.backends, "mps", None)
-        target = torch.device("mps") if world == 1 and mps is not None and mps.is_available() else torch.device("cpu")
-    if target.type == "cuda":
-        torch.cuda.set_device(target)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if target.type == "cuda" else "gloo")
-    return Context(rank, world, local, target)
-
-
-def teardown() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+from ..distributed import Context, setup, teardown  # shared with the predict and video commands
 
 
 class _GlobalSum(torch.autograd.Function):

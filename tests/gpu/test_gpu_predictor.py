@@ -79,3 +79,53 @@ def test_video_in_chunks_equals_one_call(smoothing, matte, tiny_model, device, n
     for a, b in ((one.mask, sevens.mask), (one.rgba, sevens.rgba), (one.composite, sevens.composite)):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
     assert one.mask.shape == (60, 40, 56) and one.mask.device.type == "cpu"
+
+
+def test_overlapped_streaming_gives_the_plain_copies_results(tiny_model, device, no_tf32, monkeypatch):
+    """Uploads one chunk ahead and downloads one behind (birefnet_core.streaming) change no value:
+    Predictor and matte_frames with the overlap on equal BIREFNET_STREAMING=0, and on CUDA every
+    chunk but the first is served from a prefetch."""
+    from birefnet_core.streaming import Uploader
+
+    model = tiny_model()
+    images = torch.rand(7, 3, 120, 160, generator=torch.Generator().manual_seed(4))
+    frames = images.movedim(1, -1).contiguous()
+    taken = []
+    original = Uploader.take
+
+    def counting(self, start, stop):
+        chunk = original(self, start, stop)
+        taken.append(self.prefetched)
+        return chunk
+
+    monkeypatch.setattr(Uploader, "take", counting)
+    streamed = Predictor(model, resolution=64, batch_size=2).predict(images, layout="BCHW")
+    video_streamed = matte_frames(Predictor(model, resolution=64, batch_size=3), frames,
+                                  smoother=TemporalSmoother("light"), matte=MatteOptions(foreground="blur_fusion"))
+    if device.type == "cuda":
+        assert taken[3] == 3  # chunks 2..4 of the predictor's 4 came from prefetches
+    monkeypatch.setenv("BIREFNET_STREAMING", "0")
+    plain = Predictor(model, resolution=64, batch_size=2).predict(images, layout="BCHW")
+    video_plain = matte_frames(Predictor(model, resolution=64, batch_size=3), frames,
+                               smoother=TemporalSmoother("light"), matte=MatteOptions(foreground="blur_fusion"))
+    torch.testing.assert_close(streamed, plain, atol=0, rtol=0)
+    for name in ("mask", "rgba", "composite"):
+        torch.testing.assert_close(getattr(video_streamed, name), getattr(video_plain, name), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["on", "cudagraphs"])
+def test_the_compiled_forward_gives_the_eager_masks(mode, tiny_model, device, cuda_only, no_tf32):
+    """Inductor (and CUDA graphs) on CUDA: the opt-in compiled path (birefnet_core.compiled)
+    compiles for real and changes the masks by no more than float32 rounding."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    model = tiny_model()
+    images = torch.rand(4, 3, 150, 210, generator=torch.Generator().manual_seed(5))
+    eager = Predictor(model, resolution=256, batch_size=2, dtype=torch.float32).predict(images, layout="BCHW")
+    compiled = Predictor(model, resolution=256, batch_size=2, compile=mode)
+    got = compiled.predict(images, layout="BCHW")
+    assert compiled.forward.failed is None, compiled.forward.failed
+    difference = (got - eager).abs().max().item()
+    print(f"\ncompile={mode} vs eager on {device}: max |dprob| {difference:.2e}")
+    torch.testing.assert_close(got, eager, atol=1e-3, rtol=0)
