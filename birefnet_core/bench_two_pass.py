@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -94,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
                 row = score(prob.cpu().numpy(), alpha, args.tolerance, not args.no_hce)
                 row["seconds"] = statistics.median(times)
                 row["frame"] = frame
+                row["found"] = predictor.refine is None or predictor.no_subject == 0
                 rows[name].append(row)
             print(f"  scene {args.seed + k} ({frame}): " + "; ".join(
                 f"{name}: S {r[-1]['S']:.3f} BF {r[-1]['BF']:.3f}" + (f" HCE {r[-1]['HCE']:.0f}" if "HCE" in r[-1] else "")
@@ -105,6 +106,9 @@ def run(args: argparse.Namespace) -> int:
             chosen = [r for r in items if frame == "all" or r["frame"] == frame]
             print(f"{frame:<12} {name:<11} " + " ".join(
                 f"{statistics.mean(r[m] for r in chosen):>8.{0 if m == 'HCE' else 3}f}" for m in metrics))
+    found = sum(r["found"] for r in rows["two passes"])
+    print(f"pass 2 ran on {found} of {len(rows['two passes'])} scenes (elsewhere pass 1 found nothing at or above "
+          f"{two.refine.threshold}: the result is pass 1's)")
     print(f"(means over {args.scenes} scene(s) per frame size; S, BF higher is better, HCE, MAE lower; BF "
           f"tolerance {args.tolerance} px; seconds: median of {args.repeats} per image)")
     return 0

@@ -276,6 +276,18 @@ class SharedJob:
     def fingerprint(items: Sequence[Any]) -> str:
         return hashlib.sha256(json.dumps([str(i) for i in items]).encode()).hexdigest()
 
+    @classmethod
+    def run(cls, device: Optional[str], body) -> int:
+        """``body(job)``'s exit status as one process of the job; a :class:`JobError` ends it the
+        same way on every process, and the job is closed whatever happens."""
+        job = cls.start(device)
+        try:
+            return body(job)
+        except JobError as exc:
+            return job.fail(exc)
+        finally:
+            job.close()
+
     def fail(self, error: JobError) -> int:
         """End a job-wide error: its line on stderr here, then wait until every process has
         printed it (a process that ends with 1 makes torchrun stop the rest); status 1."""

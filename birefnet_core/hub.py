@@ -215,17 +215,20 @@ def find_copy(source: Union[Variant, str], roots: Iterable[Union[str, Path]] = (
     if variant is None:
         return None
     roots = [Path(r).expanduser() for r in roots]
-    for path in copy_candidates(variant, roots, key_folders):
+
+    def usable(path: Path) -> bool:
+        """A complete copy of the variant's checkpoint (else warned about, unless quiet)."""
         try:
-            if not path.is_file():
-                continue
-            problem = _copy_problem(path, variant)
+            problem = _copy_problem(path, variant) if path.is_file() else "it is not a file"
         except (OSError, ValueError) as err:
             problem = " ".join(str(err).split())[:160]
-        if problem is None:
-            return path
-        if not quiet:
+        if problem is not None and not quiet:
             logger.warning("not using %s for %s: %s", path, variant.name, problem)
+        return problem is None
+
+    for path in copy_candidates(variant, roots, key_folders):
+        if path.is_file() and usable(path):
+            return path
     target = hub_file(variant)
     for root in roots:
         cache = root / "BiRefNet" / variant.repo_id.split("/")[1]
@@ -237,16 +240,8 @@ def find_copy(source: Union[Variant, str], roots: Iterable[Union[str, Path]] = (
             found = try_to_load_from_cache(target.repo_id, target.filename, cache_dir=cache)
         except Exception:
             found = None
-        if isinstance(found, str) and not target.slimmed:
-            path = Path(found)
-            try:
-                problem = _copy_problem(path, variant) if path.is_file() else "it is not a file"
-            except (OSError, ValueError) as err:
-                problem = " ".join(str(err).split())[:160]
-            if problem is None:
-                return path
-            if not quiet:
-                logger.warning("not using %s for %s: %s", path, variant.name, problem)
+        if isinstance(found, str) and not target.slimmed and usable(Path(found)):
+            return Path(found)
     return None
 
 

@@ -492,7 +492,7 @@ class Predictor:
         self.binary = bool(binary)
         self.refine = TwoPass.parse(refine)
         self.refine_pipeline = None
-        self._empty_count = 0
+        self.no_subject = 0  # images of the last predict() where pass 2 found no subject (kept pass 1)
         if self.refine is not None:
             size = self.refine.size
             if size is None or (isinstance(size, str) and size.strip().lower() == "native"):
@@ -557,7 +557,7 @@ class Predictor:
         return (probs >= 0.5).float() if self.binary else probs
 
     def _report_empty(self, count: int) -> None:
-        self._empty_count += count
+        self.no_subject += count
 
     def _release_device_memory(self) -> None:
         if self.device.type == "cuda":
@@ -596,7 +596,7 @@ class Predictor:
         elif tuple(out.shape) != (b, h, w) or out.dtype != torch.float32:
             raise ValueError(f"out must be float32 [{b}, {h}, {w}], got {out.dtype} {list(out.shape)}")
         size, start = self.batch_size, 0
-        self._empty_count = 0
+        self.no_subject = 0
         # on CUDA with the images in host memory the next chunk is uploaded while this one computes,
         # and results are downloaded while the next one does (birefnet_core.streaming)
         uploader = Uploader(images, self.device)
@@ -625,7 +625,7 @@ class Predictor:
                 start += len(probs)
                 if progress is not None:
                     progress(start, b)
-        if self._empty_count:
+        if self.no_subject:
             logger.warning("two-pass: no subject found (nothing at or above %.2f) in %d of %d image(s): pass 2 "
-                           "skipped there, their masks are pass 1's", self.refine.threshold, self._empty_count, b)
+                           "skipped there, their masks are pass 1's", self.refine.threshold, self.no_subject, b)
         return out

@@ -230,15 +230,9 @@ def run(args: argparse.Namespace) -> int:
 
 def run_shared(args: argparse.Namespace) -> int:
     """``run`` as one of the processes of a torchrun launch (see the module doc)."""
-    from .distributed import JobError, SharedJob
+    from .distributed import SharedJob
 
-    job = SharedJob.start(args.device)
-    try:
-        return _predict_shared(args, job)
-    except JobError as exc:
-        return job.fail(exc)
-    finally:
-        job.close()
+    return SharedJob.run(args.device, lambda job: _predict_shared(args, job))
 
 
 def _predict_shared(args: argparse.Namespace, job) -> int:

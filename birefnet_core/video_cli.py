@@ -211,15 +211,9 @@ def _matte_video(args: argparse.Namespace, reader, strength: float, *, predictor
 
 def run_shared(args: argparse.Namespace) -> int:
     """``run`` as one of the processes of a torchrun launch: the videos shared out by size."""
-    from .distributed import JobError, SharedJob
+    from .distributed import SharedJob
 
-    job = SharedJob.start(args.device)
-    try:
-        return _video_shared(args, job)
-    except JobError as exc:
-        return job.fail(exc)
-    finally:
-        job.close()
+    return SharedJob.run(args.device, lambda job: _video_shared(args, job))
 
 
 def _video_shared(args: argparse.Namespace, job) -> int:

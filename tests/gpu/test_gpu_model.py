@@ -52,3 +52,29 @@ def test_half_precision_probabilities_are_close_to_float32(path, dtype, device, 
     record_property("max_abs_dprob", worst)
     record_property("mean_abs_dprob", mean)
     assert worst < 0.05
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])
+@pytest.mark.parametrize("shifted", [False, True], ids=["plain", "shifted"])
+def test_swin_window_attention_runs_on_a_fused_attention_kernel(dtype, shifted, device, cuda_only):
+    """The window attention with its position bias (and the shifted windows' mask) is accepted by
+    a fused scaled-dot-product kernel (memory-efficient, flash or cuDNN) in half precision: with
+    the math kernel excluded, a bias of the wrong dtype or layout would raise "No available
+    kernel" instead of silently taking the slow path. Values equal the math kernel's."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from birefnet_core.models.backbones.swin_v1 import WindowAttention, shift_mask
+
+    torch.manual_seed(0)
+    attention = WindowAttention(dim=96, num_heads=3, window=7).to(device=device, dtype=dtype).eval()
+    hp = wp = 56  # Swin-T's first stage at 224 (8 x 8 windows of 7 x 7), batch 2
+    x = torch.randn(2 * 64, 49, 96, device=device, dtype=dtype)
+    mask_fn = (lambda dt: shift_mask(hp, wp, 7, 3, device, dt)) if shifted else None
+    with torch.no_grad():
+        with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION]):
+            fused = attention(x, mask_fn)
+        with sdpa_kernel([SDPBackend.MATH]):
+            math = attention(x, mask_fn)
+    difference = (fused.float() - math.float()).abs().max().item()
+    print(f"\nSwin window attention ({'shifted' if shifted else 'plain'}) {dtype}: fused vs math max {difference:.2e}")
+    assert difference < (2e-2 if dtype == torch.bfloat16 else 4e-3)
