@@ -72,18 +72,26 @@ def run(args: argparse.Namespace) -> int:
 
     device = torch.device(args.device)
     model = load_model(args.model, device=device, dtype=args.dtype)
+    from .two_pass import TwoPass
+
     one = Predictor(model, resolution=args.resolution, batch_size=1)
-    two = Predictor(model, resolution=args.resolution, batch_size=1, refine=args.refine or "native")
+    size = TwoPass.parse(args.refine or "native").size
+    methods = {"one pass": one}
+    for margin in args.margins:
+        name = "two passes" if len(args.margins) == 1 else f"2 pass m{margin:g}"
+        methods[name] = Predictor(model, resolution=args.resolution, batch_size=1,
+                                  refine=TwoPass(size=size, margin=margin))
+    two = list(methods.values())[1]
     print(f"two-pass on synthetic high-resolution scenes: {args.model}, pass 1 at {one.resolution}, pass 2 at "
           f"{two.refine_size[1]}x{two.refine_size[0]}, {str(one.dtype).replace('torch.', '')}; "
           f"{machine_description(device)}")
-    rows: Dict[str, List[Dict[str, float]]] = {"one pass": [], "two passes": []}
+    rows: Dict[str, List[Dict[str, float]]] = {name: [] for name in methods}
     for frame in args.frames:
         size = _frame(frame)
         for k in range(args.scenes):
             image, alpha = hr_scene(size, args.subject, args.seed + k, args.difficulty)
             x = torch.from_numpy(image).to(device)
-            for name, predictor in (("one pass", one), ("two passes", two)):
+            for name, predictor in methods.items():
                 times = []
                 for _ in range(args.repeats):
                     start = time.perf_counter()
@@ -100,14 +108,15 @@ def run(args: argparse.Namespace) -> int:
                 f"{name}: S {r[-1]['S']:.3f} BF {r[-1]['BF']:.3f}" + (f" HCE {r[-1]['HCE']:.0f}" if "HCE" in r[-1] else "")
                 for name, r in rows.items()), flush=True)
     metrics = ["S", "BF"] + ([] if args.no_hce else ["HCE"]) + ["MAE", "seconds"]
-    print(f"\n{'frames':<12} {'method':<11} " + " ".join(f"{m:>8}" for m in metrics))
+    print(f"\n{'frames':<12} {'method':<13} " + " ".join(f"{m:>8}" for m in metrics))
     for frame in list(args.frames) + ["all"]:
         for name, items in rows.items():
             chosen = [r for r in items if frame == "all" or r["frame"] == frame]
-            print(f"{frame:<12} {name:<11} " + " ".join(
+            print(f"{frame:<12} {name:<13} " + " ".join(
                 f"{statistics.mean(r[m] for r in chosen):>8.{0 if m == 'HCE' else 3}f}" for m in metrics))
-    found = sum(r["found"] for r in rows["two passes"])
-    print(f"pass 2 ran on {found} of {len(rows['two passes'])} scenes (elsewhere pass 1 found nothing at or above "
+    second = list(rows)[1]
+    found = sum(r["found"] for r in rows[second])
+    print(f"pass 1 found a subject in {found} of {len(rows[second])} scenes (elsewhere nothing at or above "
           f"{two.refine.threshold}: the result is pass 1's)")
     print(f"(means over {args.scenes} scene(s) per frame size; S, BF higher is better, HCE, MAE lower; BF "
           f"tolerance {args.tolerance} px; seconds: median of {args.repeats} per image)")
@@ -118,6 +127,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="checkpoint file or registry name")
     parser.add_argument("--resolution", default=None, help="pass-1 network size (default: the model's)")
     parser.add_argument("--refine", default=None, help="pass-2 size (default: the model's, i.e. equal network size)")
+    parser.add_argument("--margins", nargs="+", type=float, default=[0.1],
+                        help="pass-2 margins to compare (fractions of the subject box; default 0.1, the default)")
     parser.add_argument("--frames", nargs="+", default=["2560x1440", "3840x2160"], help="frame sizes WxH")
     parser.add_argument("--subject", type=int, default=1024, help="side of the subject's square, pixels")
     parser.add_argument("--scenes", type=int, default=6, help="scenes per frame size")
