@@ -3,7 +3,7 @@
 ``deform_conv2d`` has the argument meaning of ``torchvision.ops.deform_conv2d``. Backends:
 
 * ``"triton"``: fused forward kernel, no im2col buffer (CUDA; CPU under ``TRITON_INTERPRET=1``).
-  Gradients, when asked for, come from the portable kernel's hand-written backward.
+  Gradients, when asked for, come from recomputing the portable kernel.
 * ``"torchvision"``: ``torchvision.ops.deform_conv2d`` where torchvision has a kernel for the
   device and dtype (none for bfloat16 on CPU, none on MPS before torchvision 0.23, none on CUDA
   when a CPU-only torchvision sits beside a CUDA torch).
@@ -15,11 +15,6 @@ is missing, cannot handle the device or dtype, or fails its one-time self-check 
 to the next, ending at ``"portable"``, which always works. Automatic choice also skips a backend
 whose temporary memory would exceed the budget (``memory_budget`` argument, else
 ``BIREFNET_DEFORM_MEMORY_MB``, else 256 MiB); a backend named explicitly is used regardless.
-
-Gradients: ``BIREFNET_DEFORM_BACKWARD=manual`` (the default) uses the hand-written backward of
-:mod:`.portable`, computed per chunk from the saved inputs; ``autograd`` the previous way,
-autograd through the portable kernel's gather formulation with activation checkpointing (the
-reference of the tests, the baseline of ``python -m birefnet_core bench train``).
 """
 
 from __future__ import annotations
@@ -30,12 +25,11 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import dispatch
-from .dispatch import CheckedBackend, KernelBackward, RecomputeBackward, needs_grad
-from .portable import DEFAULT_MEMORY_BUDGET, backward_mode, deform_conv2d_portable, portable_backward_for
+from .dispatch import CheckedBackend, RecomputeBackward, needs_grad
+from .portable import DEFAULT_MEMORY_BUDGET, deform_conv2d_portable
 from .spec import DeformSpec, IntPair, check_arguments
 
 BACKEND_NAMES = ("triton", "torchvision", "portable")
@@ -78,11 +72,7 @@ class Backend(CheckedBackend):
         impl = self.implementation()
         if self.differentiable or not needs_grad(input, offset, weight, bias, mask):
             return impl(input, offset, weight, bias, mask, spec, budget)
-        if backward_mode() == "autograd":
-            return RecomputeBackward.apply(impl, deform_conv2d_portable, (spec, budget), input, offset, weight, bias,
-                                           mask)
-        return KernelBackward.apply(impl, portable_backward_for(spec, budget), (spec, budget), input, offset, weight,
-                                    bias, mask)
+        return RecomputeBackward.apply(impl, deform_conv2d_portable, (spec, budget), input, offset, weight, bias, mask)
 
     def _self_check(self, device: torch.device, dtype: torch.dtype) -> bool:
         gen = torch.Generator().manual_seed(0)
@@ -276,13 +266,8 @@ class DeformableConv2d(nn.Module):
             nn.init.zeros_(conv.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # offsets and modulation from one convolution with both weights side by side: the same
-        # numbers as two convs, with one pass over x forward and backward
-        taps = self.modulator_conv.out_channels
-        both = F.conv2d(x, torch.cat([self.offset_conv.weight, self.modulator_conv.weight]),
-                        torch.cat([self.offset_conv.bias, self.modulator_conv.bias]), self.stride, self.padding)
-        offset, modulation = both.split([2 * taps, taps], dim=1)
-        mask = 2.0 * torch.sigmoid(modulation)
+        offset = self.offset_conv(x)
+        mask = 2.0 * torch.sigmoid(self.modulator_conv(x))
         # Under autocast the convs above may return a lower precision than x: compute the
         # deformable convolution in one dtype, the one autocast chose when it is active.
         dtype = offset.dtype
