@@ -967,6 +967,87 @@ def bench_gpu(args: argparse.Namespace) -> int:
 TRAIN_GOAL_SPEEDUP = 1.5  # issue 13: the hand-written deformable backward against autograd, on CPU
 
 
+def bench_train(args: argparse.Namespace) -> int:
+    """Training throughput with each deformable-convolution backward (``BIREFNET_DEFORM_BACKWARD``):
+    the trainer's own step (``Trainer._train_step``: forward, the recipe's losses, backward, AdamW)
+    on a fixed random batch, the backwards alternating round by round so that a busy machine
+    slows them alike. Prints images/s per backward (median, min, max over the rounds) and the
+    speed-up of the last backward over the first (median of the per-round ratios)."""
+    import tempfile
+
+    from .ops.portable import BACKWARD_ENV, backward_mode
+    from .train import distributed
+    from .train.trainer import TrainConfig, Trainer
+
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    backwards = [backward_mode(name) for name in args.backwards]
+    size, batch = args.size, args.batch
+    gen = torch.Generator().manual_seed(0)
+    previous = os.environ.get(BACKWARD_ENV)
+    print(f"training step on {device}: {machine_description(device)}; load average {_load_average()} at the start")
+    print(f"{args.backbone} {size}x{size}, batch {batch}, precision {args.precision}, recipe {args.recipe} "
+          f"(Trainer._train_step: forward, losses, backward, AdamW), random weights and data; {args.steps} step(s) "
+          f"per timed run, {args.rounds} rounds alternating {', '.join(backwards)} after one warm-up step each; "
+          "peak MiB: growth of resident memory (CPU) or CUDA max_memory_allocated during one more step")
+    with tempfile.TemporaryDirectory() as tmp:
+        _write_tiny_dataset(Path(tmp) / "data", batch)
+        cfg = TrainConfig(data=[str(Path(tmp) / "data")], out=str(Path(tmp) / "run"), backbone=args.backbone,
+                          size=(size, size), batch_size=batch, precision=args.precision, recipe=args.recipe,
+                          workers=0, progress=False, tensorboard=False, augment=("none",), device=str(device))
+        trainer = Trainer(cfg, distributed.Context(device=device))
+        trainer.net.train()
+        x = torch.rand(batch, 3, size, size, generator=gen).to(device)
+        y = (torch.rand(batch, 1, size, size, generator=gen) > 0.5).float().to(device)
+
+        def steps(backward: str) -> Tuple[float, float]:
+            """(wall seconds, CPU seconds of this process) of ``args.steps`` training steps."""
+            os.environ[BACKWARD_ENV] = backward
+            start, cpu_start = time.perf_counter(), time.process_time()
+            for _ in range(args.steps):
+                trainer._train_step(x, y, trainer.base_weights)
+            _synchronize(device)
+            return time.perf_counter() - start, time.process_time() - cpu_start
+
+        try:
+            for backward in backwards:
+                steps(backward)  # warm-up: lazy loading, allocator, self-checks
+            rates: dict = {b: [] for b in backwards}
+            cpu_rates: dict = {b: [] for b in backwards}
+            for _ in range(args.rounds):
+                for backward in backwards:
+                    wall, cpu = steps(backward)
+                    rates[backward].append(batch * args.steps / wall)
+                    cpu_rates[backward].append(batch * args.steps / cpu)
+            peaks = {}
+            for backward in backwards:
+                with peak_memory(device) as peak:
+                    steps(backward)
+                peaks[backward] = peak[0]
+        finally:
+            if previous is None:
+                os.environ.pop(BACKWARD_ENV, None)
+            else:
+                os.environ[BACKWARD_ENV] = previous
+    # images per CPU-second: on a machine other processes keep busy, wall time swings with them,
+    # the work one step costs less so (with --threads 1 there is no waiting for other threads)
+    print(f"{'backward':<10} {'median img/s':>12} {'min':>7} {'max':>7} {'img/CPU-s':>10} {'peak MiB':>9}")
+    for backward in backwards:
+        r = rates[backward]
+        peak_text = f"{peaks[backward] / MiB:9.0f}" if peaks[backward] is not None else f"{'?':>9}"
+        print(f"{backward:<10} {statistics.median(r):12.2f} {min(r):7.2f} {max(r):7.2f} "
+              f"{statistics.median(cpu_rates[backward]):10.2f} {peak_text}")
+    if len(backwards) > 1:
+        first, last = backwards[0], backwards[-1]
+        for label, table in (("wall", rates), ("CPU", cpu_rates)):
+            ratios = [b / a for a, b in zip(table[first], table[last])]
+            print(f"{last} / {first} ({label} time): {statistics.median(ratios):.2f}x (median of {len(ratios)} "
+                  f"per-round ratios, range {min(ratios):.2f}-{max(ratios):.2f})")
+        print(f"goal {TRAIN_GOAL_SPEEDUP:g}x on CPU; load average {_load_average()} at the end")
+    return 0
+
+
 def _focus_photo(height: int, width: int, seed: int):
     """A synthetic photo (uint8 [H, W, 3]): a lit disc with a soft cast shadow on a textured floor."""
     import numpy as np
@@ -1033,7 +1114,7 @@ def bench_focus_resize(args: argparse.Namespace) -> None:
 
 
 BENCHMARKS = {"deform": bench_deform, "model": bench_model, "matting": bench_matting,
-              "video": bench_video, "gpu": bench_gpu, "focus-resize": bench_focus_resize,
+              "video": bench_video, "gpu": bench_gpu, "focus-resize": bench_focus_resize, "train": bench_train,
               "two-pass": lambda args: _two_pass().run(args)}
 
 
@@ -1135,6 +1216,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     gpu.add_argument("--json", default="bench_gpu.json",
                      help="the table as JSON, rewritten after every row (default bench_gpu.json; '' for none)")
     gpu.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+
+    train = benchmarks.add_parser("train", help="training steps per second with the deformable convolution's "
+                                                "autograd backward and its hand-written one")
+    train.add_argument("--backbone", default="pvt_v2_b0", help="BiRefNet backbone (default pvt_v2_b0)")
+    train.add_argument("--size", type=int, default=128, help="training image side, a multiple of 32 (default 128)")
+    train.add_argument("--batch", type=int, default=8, help="batch size (default 8)")
+    train.add_argument("--precision", default="fp32", help="fp32, bf16 or auto, as the trainer (default fp32)")
+    train.add_argument("--recipe", default="dis", help="loss recipe (default dis)")
+    train.add_argument("--backwards", nargs="+", default=["autograd", "manual"],
+                       help="BIREFNET_DEFORM_BACKWARD values to compare, baseline first (default autograd manual)")
+    train.add_argument("--rounds", type=int, default=5, help="timed runs per backward, alternating (default 5)")
+    train.add_argument("--steps", type=int, default=1, help="training steps per timed run (default 1)")
+    train.add_argument("--device", default=default_device, help=f"torch device (default {default_device})")
+    train.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
 
     for sub, repeats in ((deform, 5), (model, 3), (matting, 5)):
         sub.add_argument("--device", default=default_device, help=f"torch device (default {default_device})")

@@ -7,12 +7,14 @@ import torch
 import torch.nn.functional as F
 
 from birefnet_core.ops import DeformableConv2d, available_backends, deform_conv2d, select_backend
-from birefnet_core.ops.portable import bytes_per_position, plan_chunks
+from birefnet_core.ops.portable import (BACKWARD_ENV, CPU_CHUNK_BYTES, REDUCTIONS, bytes_per_position,
+                                        deform_conv2d_portable, plan_chunks)
 from birefnet_core.ops.spec import check_arguments
 
 from memory_tracking import LiveTensorBytes
 
 tv_ops = pytest.importorskip("torchvision.ops")
+DEFAULT_TEST_BUDGET = 20000  # bytes: several chunks on the tests' small shapes
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 
@@ -118,11 +120,219 @@ def test_portable_gradcheck_float64(k, stride, padding, dilation):
                      dilation=dilation, offset_scale=1.0)
     case["offset"] = case["offset"].round() + 0.37
 
+    spec = check_arguments(case["input"], case["offset"], case["weight"], case["bias"], stride, padding, dilation,
+                           case["mask"])
+    assert len(list(plan_chunks(spec, torch.float64, 4096, "embedding_bag", backward=True))) > 1
+
     def fn(input, offset, mask, weight, bias):
         return deform_conv2d(input, offset, weight, bias, stride, padding, dilation, mask, backend="portable",
-                             memory_budget=4096)  # several chunks, each checkpointed
+                             memory_budget=4096)  # several chunks, forward and hand-written backward
 
     assert torch.autograd.gradcheck(fn, _grad_inputs(case), eps=1e-6, atol=1e-7)
+
+
+def _function(case, spec, reduction, backward, memory_budget=DEFAULT_TEST_BUDGET):
+    """fn(*tensors) of the case's tensors that are not None, in GRAD_NAMES order (see _inputs)."""
+    names = [n for n in GRAD_NAMES if case[n] is not None]
+
+    def fn(*tensors):
+        t = dict(zip(names, tensors))
+        return deform_conv2d_portable(t["input"], t["offset"], t["weight"], t.get("bias"), t.get("mask"), spec,
+                                      memory_budget, reduction=reduction, backward=backward)
+    return fn
+
+
+def _spec(case):
+    return check_arguments(case["input"], case["offset"], case["weight"], case["bias"], case["stride"],
+                           case["padding"], case["dilation"], case["mask"])
+
+
+# name: make_case arguments (the shapes kept tiny: gradcheck differentiates every input number)
+BACKWARD_CASES = {
+    "k3": dict(k=3, padding=1),
+    "k1-no-padding": dict(k=1, padding=0),
+    "stride-dilation": dict(k=3, stride=2, padding=2, dilation=2),
+    "asymmetric": dict(k=3, stride=(2, 1), padding=(1, 0), dilation=(1, 2), w=7),
+    "groups-and-offset-groups": dict(k=3, padding=1, c_in=4, c_out=4, groups=2, offset_groups=2),
+    "offset-groups": dict(k=3, padding=1, c_in=4, c_out=2, offset_groups=2),
+    "weight-groups": dict(k=3, padding=1, c_in=4, c_out=2, groups=2),
+    "no-mask-no-bias": dict(k=3, padding=1, with_mask=False),
+}
+
+
+def _backward_case(name, dtype=torch.float64, **shape):
+    kwargs = dict(batch=2, c_in=2, c_out=2, h=5, w=4, offset_scale=1.0, seed=3)
+    kwargs.update(BACKWARD_CASES[name])
+    kwargs.update(shape)
+    case = make_case(dtype=dtype, **kwargs)
+    # offsets away from integers (the bilinear weights have kinks there); some points land in
+    # (-1, 0) and (H-1, H), where two corners read the zero border, and some far outside
+    case["offset"] = case["offset"].round() + 0.37
+    case["offset"][:, 0::7, 0, :] = 9.37
+    case["offset"][:, 1::5, -1, :] = -11.63
+    if name == "no-mask-no-bias":
+        case["bias"] = None
+    return case
+
+
+def _inputs(case):
+    names = [n for n in GRAD_NAMES if case[n] is not None]
+    return [case[n].detach().requires_grad_(True) for n in names]
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("name", list(BACKWARD_CASES))
+def test_manual_backward_gradcheck_float64(name, reduction):
+    """The hand-written backward against finite differences: every input, every geometry, both
+    reductions, one output row per chunk (the smallest budget). Fast mode (a random projection
+    of the Jacobian: a wrong entry shows with probability 1); the full Jacobian is checked by
+    test_portable_gradcheck_float64."""
+    case = _backward_case(name)
+    spec = _spec(case)
+    assert len(list(plan_chunks(spec, torch.float64, 1, reduction, backward=True))) == spec.batch * spec.out_h
+    fn = _function(case, spec, reduction, "manual", memory_budget=1)
+    inputs = _inputs(case)
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7, fast_mode=True)
+    assert out_grad_fn_name(fn(*inputs)) == "_DeformConv2dFunctionBackward"
+
+
+def out_grad_fn_name(out):
+    return type(out.grad_fn).__name__
+
+
+def test_autograd_reference_gradcheck_float64():
+    """The reference the hand-written backward is compared with: autograd through the gather."""
+    case = _backward_case("groups-and-offset-groups")
+    spec = _spec(case)
+    fn = _function(case, spec, "gather", "autograd", memory_budget=1)
+    inputs = _inputs(case)
+    assert out_grad_fn_name(fn(*inputs)) != "_DeformConv2dFunctionBackward"
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7, fast_mode=True)
+
+
+def _outputs_and_grads(case, spec, backward, grad_out, reduction=None, memory_budget=20000):
+    tensors = dict(zip(GRAD_NAMES, _grad_inputs(case)))
+    out = deform_conv2d_portable(tensors["input"], tensors["offset"], tensors["weight"], tensors["bias"],
+                                 tensors["mask"], spec, memory_budget, reduction=reduction, backward=backward)
+    out.backward(grad_out)
+    return {"output": out.detach().double(), **{n: tensors[n].grad.double() for n in GRAD_NAMES}}
+
+
+def _relative(got, want):
+    return ((got - want).norm() / want.norm().clamp_min(1e-30)).item()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("k,groups,offset_groups", [(1, 1, 1), (3, 1, 1), (7, 1, 1), (3, 2, 2)])
+def test_manual_backward_matches_autograd(dtype, k, groups, offset_groups):
+    """Decoder-like values (mask in 0..2, offsets of several pixels), chunked: the hand-written
+    gradients equal autograd's through the gather in float32, and in bfloat16 they are as close
+    to the float64 gradients of the same rounded numbers as autograd's are."""
+    case = make_case(k=k, padding=k // 2, c_in=16, c_out=8, h=12, w=10, groups=groups, offset_groups=offset_groups,
+                     dtype=torch.float32, offset_scale=3.0, seed=k)
+    case["mask"] = 2 * case["mask"]
+    case["offset"][:, :, :2] += 12.0  # coordinates beyond the image and far from 0 (bfloat16 would round them)
+    low = {key: (v.to(dtype) if isinstance(v, torch.Tensor) else v) for key, v in case.items()}
+    exact_case = {key: (v.double() if isinstance(v, torch.Tensor) else v) for key, v in low.items()}
+    spec = _spec(low)
+    grad_out = torch.randn(spec.batch, spec.out_channels, spec.out_h, spec.out_w,
+                           generator=torch.Generator().manual_seed(7)).to(dtype)
+    manual = _outputs_and_grads(low, spec, "manual", grad_out)
+    autograd = _outputs_and_grads(low, spec, "autograd", grad_out)
+    exact = _outputs_and_grads(exact_case, spec, "autograd", grad_out.double())
+    for name in ("output",) + GRAD_NAMES:
+        assert bool(torch.isfinite(manual[name]).all()), name
+        if dtype == torch.float32:
+            assert _relative(manual[name], autograd[name]) <= 1e-5, name
+        else:
+            floor = 4 * torch.finfo(dtype).eps
+            assert _relative(manual[name], exact[name]) <= max(2 * _relative(autograd[name], exact[name]), floor), name
+
+
+def test_reductions_and_backward_modes_agree_float64():
+    case = make_case(batch=2, c_in=6, c_out=4, h=9, w=7, k=3, padding=1, offset_groups=3, groups=2,
+                     offset_scale=4.0)
+    spec = _spec(case)
+    grad_out = torch.randn(spec.batch, spec.out_channels, spec.out_h, spec.out_w,
+                           generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    want = _outputs_and_grads(case, spec, "autograd", grad_out, reduction="gather")
+    for reduction in REDUCTIONS:
+        got = _outputs_and_grads(case, spec, "manual", grad_out, reduction=reduction, memory_budget=3000)
+        for name in want:
+            torch.testing.assert_close(got[name], want[name], atol=1e-12, rtol=1e-12, msg=f"{reduction} {name}")
+
+
+def test_backward_environment_variable(monkeypatch):
+    case = make_case(batch=1, c_in=4, c_out=4, h=6, w=5)
+    monkeypatch.setenv(BACKWARD_ENV, "autograd")
+    tensors = _grad_inputs(case)
+    out = deform_conv2d(tensors[0], tensors[1], tensors[3], tensors[4], 1, 1, 1, tensors[2], backend="portable")
+    assert out_grad_fn_name(out) != "_DeformConv2dFunctionBackward"
+    monkeypatch.setenv(BACKWARD_ENV, "manual")
+    out = deform_conv2d(tensors[0], tensors[1], tensors[3], tensors[4], 1, 1, 1, tensors[2], backend="portable")
+    assert out_grad_fn_name(out) == "_DeformConv2dFunctionBackward"
+    monkeypatch.setenv(BACKWARD_ENV, "fast")
+    with pytest.raises(ValueError, match=BACKWARD_ENV):
+        deform_conv2d(tensors[0], tensors[1], tensors[3], tensors[4], 1, 1, 1, tensors[2], backend="portable")
+    with torch.no_grad():  # no backward, no choice to make
+        deform_conv2d(tensors[0], tensors[1], tensors[3], tensors[4], 1, 1, 1, tensors[2], backend="portable")
+
+
+def test_manual_backward_keeps_nothing_between_forward_and_backward():
+    """The forward saves its inputs only (no padded copy, no columns): what it leaves alive is
+    the output. Autograd with checkpointing keeps at least the padded copy of the input."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 16, 20, 20, generator=gen, requires_grad=True)
+    offset = torch.randn(2, 18, 20, 20, generator=gen, requires_grad=True)
+    weight = torch.randn(8, 16, 3, 3, generator=gen, requires_grad=True)
+    kept = {}
+    for backward in ("manual", "autograd"):
+        with LiveTensorBytes() as tracker:
+            out = deform_conv2d_portable(x, offset, weight, None, None, _spec_of(x, offset, weight), backward=backward)
+            kept[backward] = tracker.current - out.untyped_storage().nbytes()
+        out.sum().backward()
+    assert kept["manual"] == 0
+    assert kept["autograd"] >= 2 * 16 * 22 * 22 * 4
+
+
+def _spec_of(x, offset, weight):
+    return check_arguments(x, offset, weight, None, 1, 1, 1, None)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("k", [3, 7])
+def test_manual_backward_memory_stays_within_budget(k, reduction):
+    """Measured: the peak of tensor memory the backward allocates, gradients excluded, is
+    within the budget, where the columns of the call would be many times larger."""
+    size, c_in, c_out = 64, 64, 128
+    gen = torch.Generator().manual_seed(0)
+    leaves = [t.requires_grad_(True) for t in (
+        torch.randn(1, c_in, size, size, generator=gen), torch.randn(1, 2 * k * k, size, size, generator=gen),
+        torch.randn(c_out, c_in, k, k, generator=gen), torch.rand(1, k * k, size, size, generator=gen))]
+    x, offset, weight, mask = leaves
+    budget = 12 * 2**20
+    assert budget < CPU_CHUNK_BYTES
+    spec = check_arguments(x, offset, weight, None, 1, k // 2, 1, mask)
+    out = deform_conv2d_portable(x, offset, weight, None, mask, spec, budget, reduction=reduction)
+    grad_out = torch.randn(out.shape, generator=gen)
+    with LiveTensorBytes() as tracker:
+        out.backward(grad_out)
+    gradients = sum(t.grad.untyped_storage().nbytes() for t in leaves)
+    assert 0 < tracker.peak - gradients <= budget
+    if k == 7:
+        assert c_in * k * k * size * size * 4 > 4 * budget  # the columns of the call
+
+
+def test_gradients_of_nan_and_infinite_offsets_are_zero_and_finite():
+    case = make_case(batch=1)
+    case["offset"][0, :, 2, 3] = float("nan")
+    case["offset"][0, :, 4, 4] = float("inf")
+    spec = _spec(case)
+    grads = _outputs_and_grads(case, spec, "manual", torch.ones(1, 4, 9, 11, dtype=torch.float64))
+    for name, g in grads.items():
+        assert bool(torch.isfinite(g).all()), name
+    assert bool((grads["offset"][0, :, 2, 3] == 0).all()) and bool((grads["offset"][0, :, 4, 4] == 0).all())
+    assert bool((grads["mask"][0, :, 2, 3] == 0).all())
 
 
 @pytest.mark.parametrize("k,stride,padding,dilation", GEOMETRIES)
@@ -242,6 +452,92 @@ def test_triton_backward_matches_portable():
         grads.append([tensors[n].grad for n in GRAD_NAMES])
     for got, want in zip(*grads):
         torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-4)
+
+
+TRITON_BACKWARD_CASES = [
+    # k, stride, padding, dilation, mask, (h, w)
+    (1, 1, 0, 1, True, (9, 11)),
+    (3, 1, 1, 1, True, (9, 11)),
+    (3, 2, 2, 2, False, (9, 11)),
+    (7, 1, 3, 1, True, (6, 7)),
+]
+
+
+def _triton_backward_args(dtype, k, stride, padding, dilation, with_mask, hw, device):
+    case = make_case(k=k, stride=stride, padding=padding, dilation=dilation, with_mask=with_mask, dtype=torch.float32,
+                     c_in=20, c_out=18, h=hw[0], w=hw[1], offset_scale=3.0, seed=k)
+    if with_mask:
+        case["mask"] = 2 * case["mask"]
+    case = {key: (v.to(device=device, dtype=dtype) if isinstance(v, torch.Tensor) else v) for key, v in case.items()}
+    spec = _spec(case)
+    grad_out = torch.randn(spec.batch, spec.out_channels, spec.out_h, spec.out_w,
+                           generator=torch.Generator().manual_seed(5)).to(device=device, dtype=dtype)
+    return grad_out, (case["input"], case["offset"], case["weight"], case["bias"], case["mask"]), spec
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("k,stride,padding,dilation,with_mask,hw", TRITON_BACKWARD_CASES)
+def test_triton_backward_kernel_matches_portable_backward(dtype, k, stride, padding, dilation, with_mask, hw):
+    """Triton's own backward against the hand-written portable one (gradchecked above): equal in
+    float32; in bfloat16 at least as close to the float64 gradients of the same numbers."""
+    from birefnet_core.ops.portable import deform_conv2d_portable_backward
+    from birefnet_core.ops.triton_kernel import deform_conv2d_triton_backward
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    grad_out, tensors, spec = _triton_backward_args(dtype, k, stride, padding, dilation, with_mask, hw, device)
+    needs = [t is not None for t in tensors]
+    got = deform_conv2d_triton_backward(grad_out, needs, *tensors, spec)
+    want = deform_conv2d_portable_backward(grad_out, needs, *tensors, spec)
+    exact = deform_conv2d_portable_backward(grad_out.double(), needs, *(t.double() if t is not None else None
+                                                                        for t in tensors), spec)
+    for name, g, w, e in zip(("input", "offset", "weight", "bias", "mask"), got, want, exact):
+        if w is None:
+            assert g is None, name
+            continue
+        assert g.shape == w.shape and g.dtype == w.dtype, name
+        assert bool(torch.isfinite(g).all()), name
+        if dtype == torch.float32:
+            assert _relative(g.double(), w.double()) <= 1e-5, name
+        else:
+            floor = 4 * torch.finfo(dtype).eps
+            assert _relative(g.double(), e) <= max(2 * _relative(w.double(), e), floor), name
+
+
+@needs_triton
+def test_triton_backward_computes_only_the_gradients_asked_for():
+    from birefnet_core.ops.triton_kernel import deform_conv2d_triton_backward
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    grad_out, tensors, spec = _triton_backward_args(torch.float32, 3, 1, 1, 1, True, (7, 8), device)
+    full = deform_conv2d_triton_backward(grad_out, [True] * 5, *tensors, spec)
+    for wanted in range(5):
+        needs = [i == wanted for i in range(5)]
+        got = deform_conv2d_triton_backward(grad_out, needs, *tensors, spec)
+        for i, (g, f) in enumerate(zip(got, full)):
+            if i == wanted:
+                torch.testing.assert_close(g, f, atol=1e-6, rtol=1e-6)
+            else:
+                assert g is None
+
+
+@needs_triton
+def test_triton_backend_uses_its_own_backward_unless_it_disagrees(monkeypatch):
+    from birefnet_core.ops import deform_conv as dc
+    from birefnet_core.ops.portable import deform_conv2d_portable_backward
+    from birefnet_core.ops.triton_kernel import deform_conv2d_triton_backward
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    triton = dc.BACKENDS["triton"]
+    assert triton.backward_implementation(device, torch.float32) is deform_conv2d_triton_backward
+
+    def wrong(grad_out, needs, *args):
+        grads = deform_conv2d_triton_backward(grad_out, needs, *args)
+        return (grads[0] * 2,) + tuple(grads[1:])
+
+    monkeypatch.setattr(triton, "_backwards", {})
+    monkeypatch.setattr(triton, "load_backward", lambda: wrong)
+    assert triton.backward_implementation(device, torch.float32) is deform_conv2d_portable_backward
 
 
 def test_explicit_backend_falls_through_when_unavailable(monkeypatch):

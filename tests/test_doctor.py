@@ -243,3 +243,12 @@ def test_json_into_a_missing_folder_is_one_line_before_any_work(tmp_path, capsys
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.startswith("error: ") and "absent" in captured.err and len(captured.err.splitlines()) == 1
+
+
+def test_versions_name_the_variables_that_change_behaviour_and_never_a_token(monkeypatch):
+    monkeypatch.setenv("BIREFNET_DEFORM_BACKWARD", "autograd")
+    monkeypatch.setenv("BIREFNET_STREAMING", "0")
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_value")
+    environment = doctor.collect_versions()["environment"]
+    assert "BIREFNET_DEFORM_BACKWARD=autograd" in environment and "BIREFNET_STREAMING=0" in environment
+    assert "hf_secret_value" not in environment and "HF_TOKEN" not in environment

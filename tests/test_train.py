@@ -4,6 +4,7 @@ multi-process DDP training equal to one process with the whole batch."""
 
 import csv
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -273,7 +274,7 @@ def test_global_batch_norm_in_two_processes_equals_batch_norm_on_the_whole_batch
 def test_two_process_ddp_trains_like_one_process_with_the_doubled_batch(data, tmp_path):
     args = ["--data", str(data[0]), "--backbone", "pvt_v2_b0", "--size", "64", "64", "--epochs", "1",
             "--max-batches", "2", "--aspp-dropout", "0", "--workers", "0", "--no-progress", "--no-tensorboard",
-            "--lr", "1e-3", "--seed", "3"]
+            "--lr", "1e-3", "--seed", "3", "--drop-path", "0"]  # stochastic depth draws per process
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     one = subprocess.run([sys.executable, "-m", "birefnet_core.train", *args, "--batch-size", "4",
                           "--out", str(tmp_path / "one")], env=env, capture_output=True, text=True, timeout=300)
@@ -334,3 +335,15 @@ def test_the_training_step_fits_a_batch_of_synthetic_images(tmp_path):
     after = iou()
     assert before < 0.3 and after > 0.6, (before, after)
     assert losses[-1] < 0.85 * losses[0]
+
+
+def test_bench_train_times_both_backwards_and_restores_the_environment(capsys, monkeypatch):
+    from birefnet_core.__main__ import main as run_cli
+
+    monkeypatch.delenv("BIREFNET_DEFORM_BACKWARD", raising=False)
+    assert run_cli(["bench", "train", "--size", "64", "--batch", "2", "--rounds", "2", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    rows = dict(re.findall(r"^(autograd|manual) +(\d+\.\d+) ", out, flags=re.M))
+    assert set(rows) == {"autograd", "manual"} and all(float(rate) > 0 for rate in rows.values())
+    assert re.search(r"manual / autograd \(wall time\): \d+\.\d\dx", out)
+    assert "BIREFNET_DEFORM_BACKWARD" not in os.environ

@@ -127,10 +127,11 @@ class BiRefNet(nn.Module):
     of 32: in eval mode the logits [B, 1, H, W] (apply sigmoid for the mask); in training mode
     :class:`TrainingOutputs`."""
 
-    def __init__(self, config: BiRefNetConfig) -> None:
+    def __init__(self, config: BiRefNetConfig, drop_path_rate: float = 0.0) -> None:
         super().__init__()
         self.config = config
-        self.bb = build_backbone(config.backbone)
+        # stochastic depth is a training setting, not part of what a checkpoint is: not in config
+        self.bb = build_backbone(config.backbone, drop_path_rate)
         # multi-scale "cat" input doubles every channel count; deepest first
         channels = tuple(2 * c for c in reversed(config.spec.channels))
         self.squeeze_module = nn.Sequential(BasicDecBlk(sum(channels), channels[0]))
@@ -166,6 +167,11 @@ class BiRefNet(nn.Module):
         return self.decoder(x, features, gradient_target(x) if self.training else None)
 
 
-def build_model(backbone: str = "swin_v1_l", *, patch_order: "PatchOrder | str" = PatchOrder.CURRENT) -> BiRefNet:
-    """BiRefNet in the released configuration for ``backbone``, randomly initialised, in eval mode."""
-    return BiRefNet(BiRefNetConfig(backbone, PatchOrder.parse(patch_order))).eval()
+def build_model(backbone: str = "swin_v1_l", *, patch_order: "PatchOrder | str" = PatchOrder.CURRENT,
+                drop_path_rate: float = 0.0) -> BiRefNet:
+    """BiRefNet in the released configuration for ``backbone``, randomly initialised, in eval mode.
+
+    ``drop_path_rate``: stochastic depth of the backbone in training mode (the official training
+    uses 0.1 for PVT-v2 and Swin's default 0.2; 0 turns it off); no effect in eval mode. For a
+    model built or loaded otherwise, :func:`birefnet_core.models.backbones.set_drop_path_rate`."""
+    return BiRefNet(BiRefNetConfig(backbone, PatchOrder.parse(patch_order)), drop_path_rate).eval()

@@ -2,8 +2,9 @@
 
 ``deform_conv2d`` has the argument meaning of ``torchvision.ops.deform_conv2d``. Backends:
 
-* ``"triton"``: fused forward kernel, no im2col buffer (CUDA; CPU under ``TRITON_INTERPRET=1``).
-  Gradients, when asked for, come from recomputing the portable kernel.
+* ``"triton"``: fused kernels, no im2col buffer (CUDA; CPU under ``TRITON_INTERPRET=1``): the
+  forward, and a backward of its own (checked once per device and dtype against the portable
+  kernel's hand-written backward, which is used instead where it disagrees).
 * ``"torchvision"``: ``torchvision.ops.deform_conv2d`` where torchvision has a kernel for the
   device and dtype (none for bfloat16 on CPU, none on MPS before torchvision 0.23, none on CUDA
   when a CPU-only torchvision sits beside a CUDA torch).
@@ -15,6 +16,11 @@ is missing, cannot handle the device or dtype, or fails its one-time self-check 
 to the next, ending at ``"portable"``, which always works. Automatic choice also skips a backend
 whose temporary memory would exceed the budget (``memory_budget`` argument, else
 ``BIREFNET_DEFORM_MEMORY_MB``, else 256 MiB); a backend named explicitly is used regardless.
+
+Gradients: ``BIREFNET_DEFORM_BACKWARD=manual`` (the default) uses the hand-written backward of
+:mod:`.portable`, computed per chunk from the saved inputs; ``autograd`` the previous way,
+autograd through the portable kernel's gather formulation with activation checkpointing (the
+reference of the tests, the baseline of ``python -m birefnet_core bench train``).
 """
 
 from __future__ import annotations
@@ -25,11 +31,13 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import dispatch
-from .dispatch import CheckedBackend, RecomputeBackward, needs_grad
-from .portable import DEFAULT_MEMORY_BUDGET, deform_conv2d_portable
+from .dispatch import CheckedBackend, KernelBackward, RecomputeBackward, needs_grad
+from .portable import (DEFAULT_MEMORY_BUDGET, backward_mode, deform_conv2d_portable,
+                       deform_conv2d_portable_backward)
 from .spec import DeformSpec, IntPair, check_arguments
 
 BACKEND_NAMES = ("triton", "torchvision", "portable")
@@ -67,14 +75,46 @@ class Backend(CheckedBackend):
     load: Callable[[], Optional[Callable]]
     differentiable: bool
     self_checked: bool = True  # False only for the reference itself
+    # a forward-only kernel's own backward (None: the portable kernel's hand-written one)
+    load_backward: Optional[Callable[[], Optional[Callable]]] = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._backwards: Dict[Tuple[str, torch.dtype], Callable] = {}
 
     def run(self, input, offset, weight, bias, mask, spec: DeformSpec, budget: int) -> torch.Tensor:
         impl = self.implementation()
         if self.differentiable or not needs_grad(input, offset, weight, bias, mask):
             return impl(input, offset, weight, bias, mask, spec, budget)
-        return RecomputeBackward.apply(impl, deform_conv2d_portable, (spec, budget), input, offset, weight, bias, mask)
+        if backward_mode() == "autograd":
+            return RecomputeBackward.apply(impl, deform_conv2d_portable, (spec, budget), input, offset, weight, bias,
+                                           mask)
+        kernel = self.backward_implementation(input.device, input.dtype)
 
-    def _self_check(self, device: torch.device, dtype: torch.dtype) -> bool:
+        def backward(grad_out, needs, *tensors):
+            return kernel(grad_out, needs, *tensors, spec, budget)
+
+        return KernelBackward.apply(impl, backward, (spec, budget), input, offset, weight, bias, mask)
+
+    def backward_implementation(self, device: torch.device, dtype: torch.dtype) -> Callable:
+        """The backward of a forward-only kernel: its own where it loads and agrees with the
+        portable kernel's hand-written backward on (device, dtype) (checked once), else that one.
+        Called as ``fn(grad_out, needs, input, offset, weight, bias, mask, spec, budget)``."""
+        key = (str(device), dtype)
+        if key not in self._backwards:
+            kernel = None
+            if self.load_backward is not None:
+                try:
+                    kernel = self.load_backward()
+                except Exception as exc:  # a broken install must not break training
+                    self._logger.warning("%s backend %r: its backward cannot be loaded: %s", self.op_name, self.name,
+                                         exc)
+                if kernel is not None and not self._backward_check(kernel, device, dtype):
+                    kernel = None
+            self._backwards[key] = kernel or deform_conv2d_portable_backward
+        return self._backwards[key]
+
+    def _check_arguments(self, device: torch.device, dtype: torch.dtype):
         gen = torch.Generator().manual_seed(0)
         shapes = dict(input=(2, 4, 5, 6), offset=(2, 18, 5, 6), weight=(3, 4, 3, 3), mask=(2, 9, 5, 6))
         args = {k: torch.rand(s, generator=gen) for k, s in shapes.items()}
@@ -82,6 +122,28 @@ class Backend(CheckedBackend):
         args["bias"] = torch.rand(3, generator=gen)
         args = {k: v.to(device=device, dtype=dtype) for k, v in args.items()}
         spec = check_arguments(args["input"], args["offset"], args["weight"], args["bias"], 1, 1, 1, args["mask"])
+        return args, spec
+
+    def _backward_check(self, kernel: Callable, device: torch.device, dtype: torch.dtype) -> bool:
+        args, spec = self._check_arguments(device, dtype)
+        tensors = (args["input"], args["offset"], args["weight"], args["bias"], args["mask"])
+        grad_out = torch.rand(2, 3, 5, 6, generator=torch.Generator().manual_seed(1)).to(device=device, dtype=dtype)
+        try:
+            with torch.no_grad():
+                got = kernel(grad_out, [True] * 5, *tensors, spec, DEFAULT_MEMORY_BUDGET)
+                want = deform_conv2d_portable_backward(grad_out, [True] * 5, *tensors, spec)
+            ok = all(torch.allclose(g.float(), w.float(), atol=0.05, rtol=0.05) for g, w in zip(got, want))
+        except Exception as exc:  # e.g. no kernel for this device or dtype
+            self._logger.info("%s backend %r: its backward is unavailable on %s %s: %s", self.op_name, self.name,
+                              device, dtype, exc)
+            return False
+        if not ok:
+            self._logger.warning("%s backend %r: its backward disagrees with the portable one on %s %s; using the "
+                                 "portable backward", self.op_name, self.name, device, dtype)
+        return ok
+
+    def _self_check(self, device: torch.device, dtype: torch.dtype) -> bool:
+        args, spec = self._check_arguments(device, dtype)
         try:
             with torch.no_grad():
                 got = self.implementation()(args["input"], args["offset"], args["weight"], args["bias"], args["mask"], spec,
@@ -120,6 +182,14 @@ def _load_triton():
     return deform_conv2d_triton
 
 
+def _load_triton_backward():
+    if importlib.util.find_spec("triton") is None:
+        return None
+    from .triton_kernel import deform_conv2d_triton_backward
+
+    return deform_conv2d_triton_backward
+
+
 def _triton_supports(device: torch.device, dtype: torch.dtype, spec: DeformSpec) -> bool:
     interpreted = os.environ.get("TRITON_INTERPRET", "0") == "1"
     on_device = device.type == "cuda" or (interpreted and device.type == "cpu")
@@ -143,7 +213,8 @@ def _triton_workspace(spec: DeformSpec, dtype: torch.dtype) -> int:
 
 
 BACKENDS: Dict[str, Backend] = {
-    "triton": Backend("triton", _triton_supports, _triton_workspace, _load_triton, differentiable=False),
+    "triton": Backend("triton", _triton_supports, _triton_workspace, _load_triton, differentiable=False,
+                      load_backward=_load_triton_backward),
     "torchvision": Backend(
         "torchvision",
         lambda device, dtype, spec: True,  # the self-check finds the missing kernels
@@ -266,8 +337,13 @@ class DeformableConv2d(nn.Module):
             nn.init.zeros_(conv.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        offset = self.offset_conv(x)
-        mask = 2.0 * torch.sigmoid(self.modulator_conv(x))
+        # offsets and modulation from one convolution with both weights side by side: the same
+        # numbers as two convs, with one pass over x forward and backward
+        taps = self.modulator_conv.out_channels
+        both = F.conv2d(x, torch.cat([self.offset_conv.weight, self.modulator_conv.weight]),
+                        torch.cat([self.offset_conv.bias, self.modulator_conv.bias]), self.stride, self.padding)
+        offset, modulation = both.split([2 * taps, taps], dim=1)
+        mask = 2.0 * torch.sigmoid(modulation)
         # Under autocast the convs above may return a lower precision than x: compute the
         # deformable convolution in one dtype, the one autocast chose when it is active.
         dtype = offset.dtype

@@ -1,6 +1,7 @@
 """What the operators' dispatchers share: backends loaded lazily and self-checked once per device
 and dtype, the device's order of backends with the preferred one first, the memory budget from
-the environment, and gradients for forward-only kernels by recomputing the portable one.
+the environment, and gradients for forward-only kernels: by a hand-written backward of the saved
+inputs, or by recomputing the portable kernel under autograd.
 
 Each operator (:mod:`.deform_conv`, :mod:`.msda`) keeps its own backends, order and checks; this
 module holds the mechanism once.
@@ -92,6 +93,25 @@ class RecomputeBackward(torch.autograd.Function):
             grads = iter(torch.autograd.grad(out, inputs, grad_out) if inputs else ())
         return (None, None, None) + tuple(next(grads) if t is not None and t.requires_grad else None
                                           for t in leaves)
+
+
+class KernelBackward(torch.autograd.Function):
+    """Forward through a forward-only kernel; backward through a hand-written function of the
+    saved inputs, ``backward_fn(grad_out, needs_input_grad, *tensors)``, which returns one
+    gradient (or None) per tensor. Unlike :class:`RecomputeBackward` nothing is run forward again
+    under autograd. ``tensors`` may hold None."""
+
+    @staticmethod
+    def forward(ctx, forward_fn, backward_fn, extra, *tensors):
+        ctx.backward_fn = backward_fn
+        ctx.save_for_backward(*tensors)
+        return forward_fn(*tensors, *extra)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        grads = ctx.backward_fn(grad_out, ctx.needs_input_grad[3:], *ctx.saved_tensors)
+        return (None, None, None) + tuple(grads)
 
 
 def memory_budget_from_env(variable: str, default: int) -> int:

@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from a released checkpoint: a weights file or a registry name (fine-tuning)")
     g.add_argument("--backbone-weights", metavar="FILE", help="pretrained backbone weights for a new model")
     g.add_argument("--aspp-dropout", type=float, default=0.5, help="dropout in the decoder's ASPP blocks (default 0.5)")
+    g.add_argument("--drop-path", type=float, metavar="RATE",
+                   help="stochastic depth in the backbone: the rate of its last block, rising linearly from 0 at "
+                        "the first (default: the official rate, 0.1 for pvt_v2, 0.2 for swin_v1; 0 turns it off)")
     g.add_argument("--no-global-batch-norm", dest="global_batch_norm", action="store_false",
                    help="with several processes, normalise with each process's share of the batch (the official "
                         "code's behaviour) instead of the whole batch")
@@ -77,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"override a loss weight; terms: {', '.join(LossWeights().as_dict())}")
     g.add_argument("--finetune-last", type=int, help="epochs at the end with the region-loss fine-tuning "
                                                      "(default: the recipe's share of the run, e.g. 40 of 500 for "
-                                                     "dis; 0 turns it off)")
+                                                     "dis, none in runs under 100 epochs; 0 turns it off)")
     g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="autocast dtype (auto: bf16 on CUDA where supported, else fp16; fp32 on CPU)")
     g.add_argument("--seed", type=int, default=7)
@@ -106,8 +109,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         backbone_weights=args.backbone_weights, resume=(args.out if args.resume == "" else args.resume),
         precision=args.precision, compile=args.compile, augment=tuple(args.augment), seed=args.seed,
         workers=args.workers, val=args.val, val_every=args.val_every, save_every=args.save_every,
-        global_batch_norm=args.global_batch_norm, aspp_dropout=args.aspp_dropout, device=args.device,
-        max_batches=args.max_batches, progress=args.progress, tensorboard=args.tensorboard)
+        global_batch_norm=args.global_batch_norm, aspp_dropout=args.aspp_dropout, drop_path=args.drop_path,
+        device=args.device, max_batches=args.max_batches, progress=args.progress, tensorboard=args.tensorboard)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -43,9 +43,10 @@ from PIL import Image
 from torch import nn
 
 from ..checkpoint import check_tensors, load_model, normalise_state_dict, read_state_dict, save_weights
-from ..config import BACKBONES, PatchOrder
+from ..config import BACKBONES, PatchOrder, backbone_spec
 from ..files import atomic_output
-from ..models import BiRefNet, build_model
+from ..models.backbones import set_drop_path_rate
+from ..models.birefnet import BiRefNet, build_model
 from ..progress import ConsoleProgress
 from . import distributed
 from .data import (Augmentation, BatchPlan, DataError, SegmentationDataset, SizePolicy, default_workers, find_pairs,
@@ -57,6 +58,9 @@ logger = logging.getLogger(__name__)
 STATE_FORMAT = "birefnet-train-state"
 STATE_VERSION = 1
 LOSS_COLUMNS = ("loss", "bce", "iou", "ssim", "mae", "mse", "gradient")
+# the official stochastic-depth rate of each backbone family (PVT-v2 0.1, Swin-v1 0.2): the
+# highest rate, reached by the last block, growing linearly from 0 at the first
+OFFICIAL_DROP_PATH = {"pvt_v2": 0.1, "swin_v1": 0.2}
 
 
 class TrainingError(RuntimeError):
@@ -93,6 +97,7 @@ class TrainConfig:
     save_every: int = 5
     global_batch_norm: bool = True
     aspp_dropout: float = 0.5
+    drop_path: Optional[float] = None  # backbone stochastic depth; None: the official rate (OFFICIAL_DROP_PATH)
     device: Optional[str] = None
     max_batches: Optional[int] = None  # per epoch; for smoke runs
     progress: bool = True
@@ -229,6 +234,8 @@ class Trainer:
         for name in ("epochs", "batch_size", "accumulate", "val_every", "save_every"):
             if int(getattr(cfg, name)) < 1:
                 raise TrainingError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+        if cfg.drop_path is not None and not 0.0 <= cfg.drop_path < 1.0:
+            raise TrainingError(f"--drop-path must be in [0, 1), got {cfg.drop_path}")
         if cfg.batch_size % cfg.accumulate:
             raise TrainingError(f"--batch-size {cfg.batch_size} must be a multiple of --accumulate {cfg.accumulate}")
         micro = cfg.batch_size // cfg.accumulate
@@ -267,10 +274,19 @@ class Trainer:
         self.state_path = path
         return state
 
+    def drop_path_rate(self, backbone: str) -> float:
+        """The backbone's stochastic-depth rate in this run: ``--drop-path``, else the official one."""
+        if self.cfg.drop_path is not None:
+            return float(self.cfg.drop_path)
+        return OFFICIAL_DROP_PATH[backbone_spec(backbone).family]
+
+    def _new_model(self, backbone: str, patch_order) -> BiRefNet:
+        return build_model(backbone, patch_order=patch_order, drop_path_rate=self.drop_path_rate(backbone))
+
     def _build_model(self, state: Optional[dict]) -> BiRefNet:
         cfg = self.cfg
         if state is not None:
-            model = build_model(state["config"]["backbone"], patch_order=state["config"]["patch_order"])
+            model = self._new_model(state["config"]["backbone"], state["config"]["patch_order"])
             try:
                 model.load_state_dict(state["model"], strict=True)
             except RuntimeError as err:
@@ -285,9 +301,10 @@ class Trainer:
             if cfg.backbone is not None and cfg.backbone != model.config.backbone:
                 raise TrainingError(f"--init {cfg.init} is a {model.config.backbone} BiRefNet but --backbone is "
                                     f"{cfg.backbone}")
+            set_drop_path_rate(model.bb, self.drop_path_rate(model.config.backbone))
         else:
             torch.manual_seed(cfg.seed)  # the same initial weights in every process
-            model = build_model(cfg.backbone or "swin_v1_l", patch_order=PatchOrder.CURRENT)
+            model = self._new_model(cfg.backbone or "swin_v1_l", PatchOrder.CURRENT)
             if cfg.backbone_weights:
                 count = load_backbone_weights(model, cfg.backbone_weights)
                 logger.info("loaded %d backbone tensors from %s", count, cfg.backbone_weights)

@@ -7,19 +7,23 @@ from typing import Tuple
 from torch import nn
 
 from ...config import backbone_spec
+from .stochastic_depth import DropPath, set_drop_path_rate
+
+__all__ = ["DropPath", "backbone_signature", "build_backbone", "set_drop_path_rate"]
 
 
-def build_backbone(name: str) -> nn.Module:
+def build_backbone(name: str, drop_path_rate: float = 0.0) -> nn.Module:
     """The backbone ``name`` (see ``birefnet_core.config.BACKBONES``), randomly initialised.
-    Its forward returns four NCHW maps, shallowest first."""
+    Its forward returns four NCHW maps, shallowest first. ``drop_path_rate``: stochastic depth
+    of the last block in training (0 for the first, linear between; see :mod:`.stochastic_depth`)."""
     spec = backbone_spec(name)
     if spec.family == "swin_v1":
         from .swin_v1 import SWIN_V1_CONFIGS, SwinTransformerV1
 
-        return SwinTransformerV1(**SWIN_V1_CONFIGS[name])
+        return SwinTransformerV1(**SWIN_V1_CONFIGS[name], drop_path_rate=drop_path_rate)
     from .pvt_v2 import PVT_V2_CONFIGS, PyramidVisionTransformerV2
 
-    return PyramidVisionTransformerV2(**PVT_V2_CONFIGS[name])
+    return PyramidVisionTransformerV2(**PVT_V2_CONFIGS[name], drop_path_rate=drop_path_rate)
 
 
 def backbone_signature(name: str) -> Tuple[str, str, int, int]:

@@ -8,7 +8,9 @@ official state-dict keys (``patch_embed{i}``, ``block{i}.{j}``, ``norm{i}``), so
 checkpoints load with ``strict=True``.
 
 Shapes: tokens are ``[B, N, C]`` with ``N = H * W`` in row-major order; feature maps NCHW.
-Dropout and stochastic depth are identities at inference and are left out.
+Dropout is left out (the original's rates are 0). Stochastic depth (``drop_path_rate``, for
+training; the original BiRefNet trains PVT-v2 with 0.1) drops residual branches per sample,
+the rate growing linearly over the blocks; it is the identity in eval mode and at rate 0.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from typing import Dict, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .stochastic_depth import DropPath, linear_rates
 
 __all__ = ["PVT_V2_CONFIGS", "PyramidVisionTransformerV2"]
 
@@ -110,35 +114,38 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block (LayerNorm eps 1e-6)."""
+    """Pre-norm transformer block (LayerNorm eps 1e-6); both residual branches under stochastic
+    depth ``drop_path`` (training only)."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, sr_ratio: int) -> None:
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, sr_ratio: int, drop_path: float = 0.0) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = Attention(dim, num_heads, sr_ratio)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), h, w)
-        return x + self.mlp(self.norm2(x), h, w)
+        x = x + self.drop_path(self.attn(self.norm1(x), h, w))
+        return x + self.drop_path(self.mlp(self.norm2(x), h, w))
 
 
 class PyramidVisionTransformerV2(nn.Module):
     """Four-stage PVT-v2; ``forward`` gives NCHW maps at strides 4, 8, 16, 32."""
 
     def __init__(self, embed_dims: Sequence[int], depths: Sequence[int], num_heads: Sequence[int],
-                 mlp_ratios: Sequence[float], sr_ratios: Sequence[int]) -> None:
+                 mlp_ratios: Sequence[float], sr_ratios: Sequence[int], drop_path_rate: float = 0.0) -> None:
         super().__init__()
         self.out_channels: Tuple[int, ...] = tuple(embed_dims)
         self.depths: Tuple[int, ...] = tuple(depths)
+        rates = iter(linear_rates(drop_path_rate, sum(depths)))  # stochastic depth, block by block
         in_dims = (3, *embed_dims[:3])
         # registration order = official state-dict order: all patch embeds, then block_i, norm_i
         for i in range(4):
             k, s = (7, 4) if i == 0 else (3, 2)
             setattr(self, f"patch_embed{i + 1}", OverlapPatchEmbed(in_dims[i], embed_dims[i], k, s))
         for i in range(4):
-            blocks = [Block(embed_dims[i], num_heads[i], mlp_ratios[i], sr_ratios[i])
+            blocks = [Block(embed_dims[i], num_heads[i], mlp_ratios[i], sr_ratios[i], next(rates))
                       for _ in range(depths[i])]
             setattr(self, f"block{i + 1}", nn.ModuleList(blocks))
             setattr(self, f"norm{i + 1}", nn.LayerNorm(embed_dims[i], eps=1e-6))

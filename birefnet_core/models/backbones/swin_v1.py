@@ -7,7 +7,10 @@ four LayerNorm-ed NCHW outputs at strides 4, 8, 16, 32 taken before each patch m
 
 Written from the published description of the architecture and of BiRefNet's state-dict layout
 (``shared/notes/birefnet-reference.md`` sections 1.2 and 2); no reference code was copied.
-Inference only: dropout and stochastic depth are not implemented (they are identities in eval).
+Dropout is left out (the original's rates are 0). Stochastic depth (``drop_path_rate``, for
+training; the original Swin class, which BiRefNet trains with, defaults to 0.2) drops residual
+branches per sample, the rate growing linearly over the blocks; it is the identity in eval mode
+and at rate 0.
 
 Choices (both reproduce the official detection code):
 
@@ -28,6 +31,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .stochastic_depth import DropPath, linear_rates
 
 SWIN_V1_CONFIGS: Dict[str, dict] = {
     "swin_v1_t": dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24),
@@ -156,7 +161,8 @@ class Mlp(nn.Module):
 
 
 class SwinBlock(nn.Module):
-    def __init__(self, dim: int, num_heads: int, window: int, shift: int, mlp_ratio: float) -> None:
+    def __init__(self, dim: int, num_heads: int, window: int, shift: int, mlp_ratio: float,
+                 drop_path: float = 0.0) -> None:
         super().__init__()
         self.window = window
         self.shift = shift
@@ -164,6 +170,7 @@ class SwinBlock(nn.Module):
         self.attn = WindowAttention(dim, num_heads, window)
         self.norm2 = nn.LayerNorm(dim, eps=LN_EPS)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path = DropPath(drop_path)  # stochastic depth of both residual branches (training)
 
     def forward(self, x: torch.Tensor, hw: Tuple[int, int], cache: MaskCache) -> torch.Tensor:
         """x [B, H*W, C] -> [B, H*W, C]."""
@@ -182,8 +189,8 @@ class SwinBlock(nn.Module):
         if s > 0:
             y = torch.roll(y, shifts=(s, s), dims=(1, 2))
         y = y[:, :hgt, :wid].reshape(b, hgt * wid, c)
-        x = x + y
-        return x + self.mlp(self.norm2(x))
+        x = x + self.drop_path(y)
+        return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
 class PatchMerging(nn.Module):
@@ -205,10 +212,11 @@ class PatchMerging(nn.Module):
 
 class SwinStage(nn.Module):
     def __init__(self, dim: int, depth: int, num_heads: int, window: int, mlp_ratio: float,
-                 downsample: bool) -> None:
+                 downsample: bool, drop_paths: Sequence[float] = ()) -> None:
         super().__init__()
+        drop_paths = tuple(drop_paths) or (0.0,) * depth
         self.blocks = nn.ModuleList(
-            SwinBlock(dim, num_heads, window, 0 if j % 2 == 0 else window // 2, mlp_ratio)
+            SwinBlock(dim, num_heads, window, 0 if j % 2 == 0 else window // 2, mlp_ratio, drop_paths[j])
             for j in range(depth))
         self.downsample = PatchMerging(dim) if downsample else None
 
@@ -239,14 +247,18 @@ class SwinTransformerV1(nn.Module):
 
     def __init__(self, embed_dim: int = 96, depths: Sequence[int] = (2, 2, 6, 2),
                  num_heads: Sequence[int] = (3, 6, 12, 24), window_size: int = 7,
-                 mlp_ratio: float = 4.0, patch_size: int = 4, in_chans: int = 3) -> None:
+                 mlp_ratio: float = 4.0, patch_size: int = 4, in_chans: int = 3,
+                 drop_path_rate: float = 0.0) -> None:
         super().__init__()
         n = len(depths)
         dims = [embed_dim * 2 ** i for i in range(n)]
         self.out_channels: Tuple[int, ...] = tuple(dims)
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
+        rates = linear_rates(drop_path_rate, sum(depths))  # stochastic depth, block by block
+        starts = [sum(depths[:i]) for i in range(n)]
         self.layers = nn.ModuleList(
-            SwinStage(dims[i], depths[i], num_heads[i], window_size, mlp_ratio, i < n - 1)
+            SwinStage(dims[i], depths[i], num_heads[i], window_size, mlp_ratio, i < n - 1,
+                      rates[starts[i]:starts[i] + depths[i]])
             for i in range(n))
         for i, d in enumerate(dims):
             self.add_module(f"norm{i}", nn.LayerNorm(d, eps=LN_EPS))
