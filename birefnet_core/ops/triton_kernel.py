@@ -28,6 +28,31 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 @triton.jit
+def _tap_sampling(o_base, m_base, so_c, sm_c, t, oy, ox, p_ok, height, width,
+                  stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+                  KW: tl.constexpr, HAS_MASK: tl.constexpr):
+    """Top-left corner, fractions, inside flag and scale (inside x mask) of tap t at positions
+    (oy, ox), in float32: the one sampling rule of the forward and backward kernels."""
+    u = t // KW
+    v = t % KW
+    dy = tl.load(o_base + (2 * t) * so_c, mask=p_ok, other=0.0).to(tl.float32)
+    dx = tl.load(o_base + (2 * t + 1) * so_c, mask=p_ok, other=0.0).to(tl.float32)
+    y = (oy * stride_h - pad_h + u * dil_h).to(tl.float32) + dy
+    x = (ox * stride_w - pad_w + v * dil_w).to(tl.float32) + dx
+    # NaN compares false, so NaN offsets sample zero like points outside the image
+    inside = (y > -1.0) & (y < height) & (x > -1.0) & (x < width) & p_ok
+    y = tl.where(inside, y, 0.0)
+    x = tl.where(inside, x, 0.0)
+    y0f = tl.floor(y)
+    x0f = tl.floor(x)
+    inside_f = tl.where(inside, 1.0, 0.0)
+    scale = inside_f
+    if HAS_MASK:
+        scale = scale * tl.load(m_base + t * sm_c, mask=p_ok, other=0.0).to(tl.float32)
+    return y0f.to(tl.int32), x0f.to(tl.int32), y - y0f, x - x0f, inside, inside_f, scale
+
+
+@triton.jit
 def _deform_conv2d_forward(
     x_ptr, offset_ptr, mask_ptr, w_ptr, bias_ptr, out_ptr,
     positions, channels, height, width, out_h, out_w, out_channels,
@@ -56,25 +81,9 @@ def _deform_conv2d_forward(
     m_base = mask_ptr + b * sm_b + oy * sm_h + ox * sm_w
     acc = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
     for t in range(KH * KW):
-        u = t // KW
-        v = t % KW
-        dy = tl.load(o_base + (2 * t) * so_c, mask=p_ok, other=0.0).to(tl.float32)
-        dx = tl.load(o_base + (2 * t + 1) * so_c, mask=p_ok, other=0.0).to(tl.float32)
-        y = (oy * stride_h - pad_h + u * dil_h).to(tl.float32) + dy
-        x = (ox * stride_w - pad_w + v * dil_w).to(tl.float32) + dx
-        # NaN compares false, so NaN offsets sample zero like points outside the image
-        inside = (y > -1.0) & (y < height) & (x > -1.0) & (x < width) & p_ok
-        y = tl.where(inside, y, 0.0)
-        x = tl.where(inside, x, 0.0)
-        y0f = tl.floor(y)
-        x0f = tl.floor(x)
-        ly = y - y0f
-        lx = x - x0f
-        y0 = y0f.to(tl.int32)
-        x0 = x0f.to(tl.int32)
-        scale = tl.where(inside, 1.0, 0.0)
-        if HAS_MASK:
-            scale = scale * tl.load(m_base + t * sm_c, mask=p_ok, other=0.0).to(tl.float32)
+        y0, x0, ly, lx, inside, inside_f, scale = _tap_sampling(
+            o_base, m_base, so_c, sm_c, t, oy, ox, p_ok, height, width,
+            stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KW, HAS_MASK)
         w00 = (1.0 - ly) * (1.0 - lx) * scale
         w01 = (1.0 - ly) * lx * scale
         w10 = ly * (1.0 - lx) * scale
@@ -169,30 +178,6 @@ def deform_conv2d_triton(
 # * weight: a program owns a tile of (tap, input channels) x output channels and a share of the
 #   positions; it samples the column tile as the forward does and accumulates
 #   columns^T @ grad_out with ``tl.dot``, then adds its share into a float32 buffer.
-
-
-@triton.jit
-def _tap_sampling(o_base, m_base, so_c, sm_c, t, oy, ox, p_ok, height, width,
-                  stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-                  KW: tl.constexpr, HAS_MASK: tl.constexpr):
-    """Top-left corner, fractions, inside flag and scale (inside x mask) of tap t at positions
-    (oy, ox); the forward kernel's rule, in float32."""
-    u = t // KW
-    v = t % KW
-    dy = tl.load(o_base + (2 * t) * so_c, mask=p_ok, other=0.0).to(tl.float32)
-    dx = tl.load(o_base + (2 * t + 1) * so_c, mask=p_ok, other=0.0).to(tl.float32)
-    y = (oy * stride_h - pad_h + u * dil_h).to(tl.float32) + dy
-    x = (ox * stride_w - pad_w + v * dil_w).to(tl.float32) + dx
-    inside = (y > -1.0) & (y < height) & (x > -1.0) & (x < width) & p_ok
-    y = tl.where(inside, y, 0.0)
-    x = tl.where(inside, x, 0.0)
-    y0f = tl.floor(y)
-    x0f = tl.floor(x)
-    inside_f = tl.where(inside, 1.0, 0.0)
-    scale = inside_f
-    if HAS_MASK:
-        scale = scale * tl.load(m_base + t * sm_c, mask=p_ok, other=0.0).to(tl.float32)
-    return y0f.to(tl.int32), x0f.to(tl.int32), y - y0f, x - x0f, inside, inside_f, scale
 
 
 @triton.jit
