@@ -141,3 +141,12 @@ def test_birefnet_build_model_and_set_drop_path_rate():
     assert [m.rate for m in plain.modules() if isinstance(m, DropPath)] == pytest.approx(rates)
     assert set_drop_path_rate(plain, 0.0) == 8
     assert all(m.rate == 0.0 for m in plain.modules() if isinstance(m, DropPath))
+
+
+def test_the_public_build_model_passes_the_rate_and_refuses_unknown_options():
+    import birefnet_core
+
+    model = birefnet_core.build_model("pvt_v2_b0", drop_path_rate=0.1)
+    assert max(m.rate for m in model.modules() if isinstance(m, DropPath)) == pytest.approx(0.1)
+    with pytest.raises(TypeError, match="drop_rate"):
+        birefnet_core.build_model("pvt_v2_b0", drop_rate=0.1)

@@ -78,7 +78,8 @@ def _birefnet_build(architecture: str, **options) -> nn.Module:
     from ..config import PatchOrder
     from .birefnet import build_model
 
-    return build_model(architecture, patch_order=options.get("patch_order") or PatchOrder.CURRENT)
+    # patch_order and drop_path_rate; anything else is a TypeError, never silently ignored
+    return build_model(architecture, **{**options, "patch_order": options.get("patch_order") or PatchOrder.CURRENT})
 
 
 # --------------------------------------------------------------------------------------- FOCUS
@@ -107,6 +108,8 @@ def _focus_recognise(sd: Mapping[str, torch.Tensor]) -> Any:
 def _focus_build(architecture: Any, **options) -> nn.Module:
     from .focus import build_focus
 
+    if options:
+        raise TypeError(f"FOCUS models take no build options, got {', '.join(sorted(options))}")
     return build_focus(architecture)
 
 
@@ -164,8 +167,9 @@ def architecture_names() -> Tuple[str, ...]:
 
 def build_model(architecture: Any = "swin_v1_l", **options) -> nn.Module:
     """A randomly initialised model in eval mode: ``architecture`` is a BiRefNet backbone name
-    (``"swin_v1_l"``; option ``patch_order``) or a FOCUS configuration (``"focus_dinov2_l"``,
-    ``"focus_dinov2_g"`` or a ``FocusConfig``)."""
+    (``"swin_v1_l"``; options ``patch_order`` and ``drop_path_rate``, the backbone's stochastic
+    depth in training) or a FOCUS configuration (``"focus_dinov2_l"``, ``"focus_dinov2_g"`` or a
+    ``FocusConfig``; no options). An unknown option is a TypeError."""
     family = family_of_architecture(architecture)
     if family is None:
         raise ValueError(f"unknown architecture {architecture!r}; choose one of {', '.join(architecture_names())}")
