@@ -155,10 +155,12 @@ class BiRefNetLoader:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, model, **_):
+    def VALIDATE_INPUTS(cls, model):
         # any saved value that resolves is valid: a model chosen as "X (download)" is listed as
         # "X.safetensors" once downloaded, and workflows saved before must keep working. Whatever
-        # a workflow holds, the answer is True or one line, never an exception.
+        # a workflow holds, the answer is True or one line, never an exception. Only ``model`` is
+        # taken: ComfyUI skips its own list check for the inputs named here (all of them with a
+        # ``**kwargs``), so device, dtype, patch_order and compile keep ComfyUI's check.
         from ..birefnet_core.checkpoint import check_model_name
 
         if not isinstance(model, str):

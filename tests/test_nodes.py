@@ -517,3 +517,14 @@ def test_float16_is_refused_for_consumers_that_break_on_it(nodes, models_dir, ti
     with pytest.raises(ValueError, match="16-bit input"):
         nodes["BiRefNetSegment"]().segment(model, images(), **SEGMENT_DEFAULTS, output_precision="float16",
                                            node_id="5", prompt=sixteen_bit)
+
+
+def test_the_loader_validates_only_the_model_so_comfyui_checks_the_other_lists(nodes):
+    """ComfyUI (execution.py, validate_inputs) leaves an input to VALIDATE_INPUTS when the method
+    names it, and every input when it takes **kwargs: found in a real ComfyUI 0.3.64, where a
+    bad compile or dtype value passed /prompt and failed only at run time."""
+    spec = inspect.getfullargspec(nodes["BiRefNetLoader"].VALIDATE_INPUTS)
+    assert spec.varkw is None and spec.args[1:] == ["model"]
+    lists = {**nodes["BiRefNetLoader"].INPUT_TYPES()["required"], **nodes["BiRefNetLoader"].INPUT_TYPES()["optional"]}
+    assert {"device", "dtype", "patch_order", "compile"} <= {name for name, value in lists.items()
+                                                             if isinstance(value[0], list) and name != "model"}
