@@ -779,7 +779,8 @@ def _choose_patch_order(requested: Union[None, str, PatchOrder], variant: Option
     if named is not None:
         return named.patch_order, f"the file name matches registry entry {named.name}"
     return PatchOrder.LEGACY, ("default for an unknown checkpoint: most released checkpoints predate the "
-                               "2024-11-05 change; pass patch_order='current' for newer ones")
+                               "2024-11-05 change; choose patch order 'current' (loader widget, --patch-order, "
+                               "patch_order=) for newer ones")
 
 
 __all__ = ["MODELS_DIR_ENV", "WEIGHTS_SUFFIXES", "Identified", "check_model_name", "check_tensors", "default_device",
