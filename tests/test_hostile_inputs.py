@@ -217,6 +217,12 @@ def test_every_bad_input_ends_in_one_line(corpus, case, template, word):
         assert not [p for p in out.rglob("*") if ".partial-" in p.name]
 
 
+def _default_sigint():
+    """A shell that starts the test run in the background (``cmd &``) ignores SIGINT, and Python
+    keeps an inherited SIG_IGN (no KeyboardInterrupt): give the child the default, as a terminal would."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_during_predict_is_one_line_and_leaves_complete_files(corpus, tmp_path):
     """A real SIGINT while predict works through a folder: status 130, one line, no temporary files."""
     folder = tmp_path / "many"
@@ -227,7 +233,7 @@ def test_ctrl_c_during_predict_is_one_line_and_leaves_complete_files(corpus, tmp
     process = subprocess.Popen(command(f"predict {folder} --model {{in}}/tiny.safetensors --out {{out}} "
                                        "--resolution 64 --device cpu", corpus, out),
                                cwd=corpus / "work", env=environment(corpus), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and len(list(out.glob("*_rgba.png"))) < 3:
         time.sleep(0.05)
