@@ -347,3 +347,15 @@ def test_bench_train_times_both_backwards_and_restores_the_environment(capsys, m
     assert set(rows) == {"autograd", "manual"} and all(float(rate) > 0 for rate in rows.values())
     assert re.search(r"manual / autograd \(wall time\): \d+\.\d\dx", out)
     assert "BIREFNET_DEFORM_BACKWARD" not in os.environ
+
+
+def test_a_steps_random_draws_follow_from_its_position_and_differ_between_processes():
+    from birefnet_core.train.trainer import seed_step
+
+    def draws(*where):
+        seed_step(*where)
+        return torch.nn.functional.dropout(torch.ones(1000), 0.5, training=True)
+
+    assert torch.equal(draws(7, 3, 5, 0), draws(7, 3, 5, 0))  # a resumed step draws the same
+    for other in [(7, 3, 5, 1), (7, 3, 6, 0), (7, 4, 5, 0), (8, 3, 5, 0)]:  # rank, batch, epoch, seed
+        assert not torch.equal(draws(7, 3, 5, 0), draws(*other)), other

@@ -13,7 +13,8 @@ What the output folder holds (``--out``):
   metric libraries are missing): official key layout, backbone and patch order in the header,
   so :func:`birefnet_core.load_model` and the ComfyUI loader open them;
 * ``state.pt``: everything needed to resume (weights, optimiser, scaler, position in the run
-  down to the batch, RNG), read back with ``torch.load(weights_only=True)``;
+  down to the batch; a step's random draws follow from its position, see :func:`seed_step`),
+  read back with ``torch.load(weights_only=True)``;
 * ``log.csv``: one row per epoch (losses, learning rate, speed, validation metrics), and
   TensorBoard scalars under ``tensorboard/`` when TensorBoard is installed;
 * ``config.json``: the settings of the run.
@@ -61,6 +62,16 @@ LOSS_COLUMNS = ("loss", "bce", "iou", "ssim", "mae", "mse", "gradient")
 # the official stochastic-depth rate of each backbone family (PVT-v2 0.1, Swin-v1 0.2): the
 # highest rate, reached by the last block, growing linearly from 0 at the first
 OFFICIAL_DROP_PATH = {"pvt_v2": 0.1, "swin_v1": 0.2}
+
+
+def seed_step(seed: int, epoch: int, batch: int, rank: int) -> None:
+    """Seed torch's generators (CPU and every CUDA device) for one training step from (seed,
+    epoch, batch, rank). The step's random draws (ASPP dropout, stochastic depth) are then a
+    function of where the step is: a resumed run draws exactly what the uninterrupted one drew,
+    without saving generator states, and each process of a multi-process run draws its own
+    (the official code seeds each GPU differently too)."""
+    words = np.random.SeedSequence([int(seed) % 2**32, epoch, batch, rank]).generate_state(2, np.uint32)
+    torch.manual_seed(int(words[0]) << 31 | int(words[1]) >> 1)
 
 
 class TrainingError(RuntimeError):
@@ -221,7 +232,6 @@ class Trainer:
             self.net = nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
         self.history: List[Dict[str, float]] = []
         self._tb = None
-        self._rng_at_step: Optional[torch.Tensor] = None
 
     # ------------------------------------------------------------------ settings, model, resume
 
@@ -337,25 +347,17 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.next_epoch, self.next_batch = int(state["next_epoch"]), int(state["next_batch"])
         self.best = state.get("best")
-        rng = state.get("rng", {})
-        if "torch" in rng:
-            torch.set_rng_state(rng["torch"])
-        if "cuda" in rng and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(rng["cuda"])
         if self.next_epoch > self.cfg.epochs:
             logger.warning("the run in %s already finished %d epoch(s); raise --epochs to train more",
                            self.cfg.resume, self.next_epoch - 1)
 
     def _state(self) -> dict:
-        rng = {"torch": self._rng_at_step if self._rng_at_step is not None else torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
         return {
             "format": STATE_FORMAT, "version": STATE_VERSION,
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else {},
-            "next_epoch": self.next_epoch, "next_batch": self.next_batch, "best": self.best, "rng": rng,
+            "next_epoch": self.next_epoch, "next_batch": self.next_batch, "best": self.best,
             "config": {"backbone": self.model.config.backbone, "patch_order": self.model.patch_order.value,
                        "global_batch": self.global_batch, "seed": self.cfg.seed, "recipe": self.cfg.recipe},
         }
@@ -468,10 +470,9 @@ class Trainer:
             for images, masks, _ in loader(self.dataset, plan, workers, seed=(cfg.seed, epoch)):
                 if self.next_batch >= self.batches:
                     break
-                self._rng_at_step = torch.get_rng_state()  # what an interrupted step resumes from
+                seed_step(cfg.seed, epoch, self.next_batch, ctx.rank)
                 parts = self._train_step(images, masks, weights)
                 self.next_batch += 1
-                self._rng_at_step = None
                 seen += images.shape[0]
                 for name, value in parts.items():
                     totals[name] = totals.get(name, 0.0) + value
