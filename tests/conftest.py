@@ -46,3 +46,17 @@ def tiny_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("models") / "tiny.safetensors"
     save_file(load_make_weights()(model.state_dict(), seed=0), path)
     return path
+
+
+@pytest.fixture
+def offline_hub(monkeypatch, tmp_path):
+    """No test may reach the Hub: offline mode on, an empty HF cache and an empty default models
+    folder (so a load that succeeds used a file the test put on disk). Modules that load models
+    use it for every test: ``pytestmark = pytest.mark.usefixtures("offline_hub")``."""
+    import huggingface_hub.constants as constants
+
+    from birefnet_core import checkpoint
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setenv(checkpoint.MODELS_DIR_ENV, str(tmp_path / "default-models"))

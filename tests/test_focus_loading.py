@@ -27,14 +27,7 @@ SMALL = FocusConfig(width=128, depth=4, ffn_hidden=256, adapter_heads=4)
 TASKS = ("sod", "cod", "sd", "dbd", "fd")
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    """No test may reach the Hub: offline mode on, an empty HF cache and models folder."""
-    import huggingface_hub.constants as constants
-
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    monkeypatch.setenv(checkpoint.MODELS_DIR_ENV, str(tmp_path / "default-models"))
+pytestmark = pytest.mark.usefixtures("offline_hub")  # no test may reach the Hub
 
 
 def manifest(name):

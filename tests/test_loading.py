@@ -26,14 +26,7 @@ make_weights = load_make_weights()
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    """No test may reach the Hub: offline mode on, an empty HF cache and models folder."""
-    import huggingface_hub.constants as constants
-
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    monkeypatch.setenv(checkpoint.MODELS_DIR_ENV, str(tmp_path / "default-models"))
+pytestmark = pytest.mark.usefixtures("offline_hub")  # no test may reach the Hub
 
 
 def weights(backbone="pvt_v2_b0", seed=0):

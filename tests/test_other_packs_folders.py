@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from birefnet_core import checkpoint, hub, registry
+from birefnet_core import hub, registry
 from birefnet_core.checkpoint import load_model
 from birefnet_core.config import PatchOrder
 from birefnet_core.hub import ModelNotAvailableError
@@ -28,15 +28,7 @@ make_weights = load_make_weights()
 SHA = "89abcdef0123456789abcdef0123456789abcdef"
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    """Offline mode on and an empty HF cache: a download fails (so a load that succeeds used a
-    file on disk)."""
-    import huggingface_hub.constants as constants
-
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    monkeypatch.setenv(checkpoint.MODELS_DIR_ENV, str(tmp_path / "default-models"))
+pytestmark = pytest.mark.usefixtures("offline_hub")  # no test may reach the Hub
 
 
 @pytest.fixture(scope="module")
