@@ -53,6 +53,37 @@ def _tap_sampling(o_base, m_base, so_c, sm_c, t, oy, ox, p_ok, height, width,
 
 
 @triton.jit
+def _positions(p, out_h, out_w):
+    """Batch item (int64), output row and column of flat output positions p."""
+    rem = p % (out_h * out_w)
+    return (p // (out_h * out_w)).to(tl.int64), rem // out_w, rem % out_w
+
+
+@triton.jit
+def _corners(y0, x0, ly, lx, inside, scale, height, width):
+    """Which of the four corners (top-left, top-right, bottom-left, bottom-right) lie in the
+    image, and their weights (bilinear weight x scale)."""
+    # y0 <= H-1 and x0 <= W-1 hold for every inside point
+    top = inside & (y0 >= 0)
+    bottom = inside & (y0 + 1 < height)
+    left = x0 >= 0
+    right = x0 + 1 < width
+    return (top & left, top & right, bottom & left, bottom & right,
+            (1.0 - ly) * (1.0 - lx) * scale, (1.0 - ly) * lx * scale, ly * (1.0 - lx) * scale, ly * lx * scale)
+
+
+@triton.jit
+def _columns(a00, ck, kk, sx_h, sx_w, ok00, ok01, ok10, ok11, w00, w01, w10, w11):
+    """The float32 column tile [P, K]: the four corners' channels ``ck`` (offsets from the
+    top-left corner's address ``a00``) weighted and summed."""
+    col = tl.load(a00[:, None] + ck, mask=ok00[:, None] & kk, other=0.0).to(tl.float32) * w00[:, None]
+    col += tl.load(a00[:, None] + sx_w + ck, mask=ok01[:, None] & kk, other=0.0).to(tl.float32) * w01[:, None]
+    col += tl.load(a00[:, None] + sx_h + ck, mask=ok10[:, None] & kk, other=0.0).to(tl.float32) * w10[:, None]
+    col += tl.load(a00[:, None] + sx_h + sx_w + ck, mask=ok11[:, None] & kk, other=0.0).to(tl.float32) * w11[:, None]
+    return col
+
+
+@triton.jit
 def _deform_conv2d_forward(
     x_ptr, offset_ptr, mask_ptr, w_ptr, bias_ptr, out_ptr,
     positions, channels, height, width, out_h, out_w, out_channels,
@@ -69,10 +100,7 @@ def _deform_conv2d_forward(
     pid_n = tl.program_id(1)
     p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     p_ok = p < positions
-    b = (p // (out_h * out_w)).to(tl.int64)
-    rem = p % (out_h * out_w)
-    oy = rem // out_w
-    ox = rem % out_w
+    b, oy, ox = _positions(p, out_h, out_w)
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = n < out_channels
 
@@ -84,25 +112,13 @@ def _deform_conv2d_forward(
         y0, x0, ly, lx, inside, inside_f, scale = _tap_sampling(
             o_base, m_base, so_c, sm_c, t, oy, ox, p_ok, height, width,
             stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KW, HAS_MASK)
-        w00 = (1.0 - ly) * (1.0 - lx) * scale
-        w01 = (1.0 - ly) * lx * scale
-        w10 = ly * (1.0 - lx) * scale
-        w11 = ly * lx * scale
-        # y0 <= H-1 and x0 <= W-1 hold for every inside point
-        top = inside & (y0 >= 0)
-        bottom = inside & (y0 + 1 < height)
-        left = x0 >= 0
-        right = x0 + 1 < width
+        ok00, ok01, ok10, ok11, w00, w01, w10, w11 = _corners(y0, x0, ly, lx, inside, scale, height, width)
         a00 = x_image + y0 * sx_h + x0 * sx_w
         for k0 in range(0, channels, BLOCK_K):
             k = k0 + tl.arange(0, BLOCK_K)
             k_ok = k < channels
-            ck = (k * sx_c)[None, :]
-            kk = k_ok[None, :]
-            col = tl.load(a00[:, None] + ck, mask=(top & left)[:, None] & kk, other=0.0).to(tl.float32) * w00[:, None]
-            col += tl.load(a00[:, None] + sx_w + ck, mask=(top & right)[:, None] & kk, other=0.0).to(tl.float32) * w01[:, None]
-            col += tl.load(a00[:, None] + sx_h + ck, mask=(bottom & left)[:, None] & kk, other=0.0).to(tl.float32) * w10[:, None]
-            col += tl.load(a00[:, None] + sx_h + sx_w + ck, mask=(bottom & right)[:, None] & kk, other=0.0).to(tl.float32) * w11[:, None]
+            col = _columns(a00, (k * sx_c)[None, :], k_ok[None, :], sx_h, sx_w, ok00, ok01, ok10, ok11,
+                           w00, w01, w10, w11)
             # weights laid out [taps, C_in, C_out]
             wt = tl.load(
                 w_ptr + (t * channels + k)[:, None] * out_channels + n[None, :],
@@ -196,10 +212,7 @@ def _deform_conv2d_backward_data(
     pid = tl.program_id(0)
     p = pid * BLOCK_P + tl.arange(0, BLOCK_P)
     p_ok = p < positions
-    b = (p // (out_h * out_w)).to(tl.int64)
-    rem = p % (out_h * out_w)
-    oy = rem // out_w
-    ox = rem % out_w
+    b, oy, ox = _positions(p, out_h, out_w)
     x_image = x_ptr + b * sx_b
     # grad_input: float32, channels-last and contiguous [B, H, W, C]
     gx_image = gx_ptr + b * height * width * channels  # int64 from b on
@@ -210,20 +223,13 @@ def _deform_conv2d_backward_data(
         y0, x0, ly, lx, inside, inside_f, scale = _tap_sampling(
             o_base, m_base, so_c, sm_c, t, oy, ox, p_ok, height, width,
             stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KW, HAS_MASK)
-        top = inside & (y0 >= 0)
-        bottom = inside & (y0 + 1 < height)
-        left = x0 >= 0
-        right = x0 + 1 < width
+        ok00, ok01, ok10, ok11, w00, w01, w10, w11 = _corners(y0, x0, ly, lx, inside, scale, height, width)
         a00 = x_image + y0 * sx_h + x0 * sx_w
         g00 = gx_image + (y0 * width + x0).to(tl.int64) * channels
         d00 = tl.zeros((BLOCK_P,), dtype=tl.float32)
         d01 = tl.zeros((BLOCK_P,), dtype=tl.float32)
         d10 = tl.zeros((BLOCK_P,), dtype=tl.float32)
         d11 = tl.zeros((BLOCK_P,), dtype=tl.float32)
-        w00 = (1.0 - ly) * (1.0 - lx) * scale
-        w01 = (1.0 - ly) * lx * scale
-        w10 = ly * (1.0 - lx) * scale
-        w11 = ly * lx * scale
         for k0 in range(0, channels, BLOCK_K):
             k = k0 + tl.arange(0, BLOCK_K)
             k_ok = k < channels
@@ -243,10 +249,10 @@ def _deform_conv2d_backward_data(
                 gcol += tl.dot(go, wt, input_precision=PRECISION)
             ck = k[None, :]
             kk = k_ok[None, :]
-            m00 = (top & left)[:, None] & kk
-            m01 = (top & right)[:, None] & kk
-            m10 = (bottom & left)[:, None] & kk
-            m11 = (bottom & right)[:, None] & kk
+            m00 = ok00[:, None] & kk
+            m01 = ok01[:, None] & kk
+            m10 = ok10[:, None] & kk
+            m11 = ok11[:, None] & kk
             if NEED_OFFSET or NEED_MASK:
                 v00 = tl.load(a00[:, None] + ck * sx_c, mask=m00, other=0.0).to(tl.float32)
                 v01 = tl.load(a00[:, None] + sx_w + ck * sx_c, mask=m01, other=0.0).to(tl.float32)
@@ -301,30 +307,16 @@ def _deform_conv2d_backward_weight(
     for p0 in range(p_first, p_first + positions_per_split, BLOCK_P):
         p = p0 + tl.arange(0, BLOCK_P)
         p_ok = (p < positions) & (p < p_first + positions_per_split)
-        b = (p // (out_h * out_w)).to(tl.int64)
-        rem = p % (out_h * out_w)
-        oy = rem // out_w
-        ox = rem % out_w
+        b, oy, ox = _positions(p, out_h, out_w)
         o_base = offset_ptr + b * so_b + oy * so_h + ox * so_w
         m_base = mask_ptr + b * sm_b + oy * sm_h + ox * sm_w
         y0, x0, ly, lx, inside, inside_f, scale = _tap_sampling(
             o_base, m_base, so_c, sm_c, t, oy, ox, p_ok, height, width,
             stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KW, HAS_MASK)
-        top = inside & (y0 >= 0)
-        bottom = inside & (y0 + 1 < height)
-        left = x0 >= 0
-        right = x0 + 1 < width
+        ok00, ok01, ok10, ok11, w00, w01, w10, w11 = _corners(y0, x0, ly, lx, inside, scale, height, width)
         a00 = x_ptr + b * sx_b + y0 * sx_h + x0 * sx_w
-        ck = (k * sx_c)[None, :]
-        kk = k_ok[None, :]
-        col = tl.load(a00[:, None] + ck, mask=(top & left)[:, None] & kk, other=0.0).to(tl.float32) \
-            * ((1.0 - ly) * (1.0 - lx) * scale)[:, None]
-        col += tl.load(a00[:, None] + sx_w + ck, mask=(top & right)[:, None] & kk, other=0.0).to(tl.float32) \
-            * ((1.0 - ly) * lx * scale)[:, None]
-        col += tl.load(a00[:, None] + sx_h + ck, mask=(bottom & left)[:, None] & kk, other=0.0).to(tl.float32) \
-            * (ly * (1.0 - lx) * scale)[:, None]
-        col += tl.load(a00[:, None] + sx_h + sx_w + ck, mask=(bottom & right)[:, None] & kk,
-                       other=0.0).to(tl.float32) * (ly * lx * scale)[:, None]
+        col = _columns(a00, (k * sx_c)[None, :], k_ok[None, :], sx_h, sx_w, ok00, ok01, ok10, ok11,
+                       w00, w01, w10, w11)
         go = tl.load(go_ptr + p.to(tl.int64)[:, None] * out_channels + n[None, :],
                      mask=p_ok[:, None] & n_ok[None, :], other=0.0)
         col = col.to(go.dtype)
